@@ -1,0 +1,157 @@
+"""Who a tenant's server runs as, and the steps that turn a forked child into that user.
+
+The daemon resolves a tenant's identity once (passwd and group database), builds a clean
+environment for it, and hands ``subprocess`` a ``preexec`` function that runs in the forked child
+just before exec. Order matters there: resource limits are raised while the child is still root,
+groups and ids are dropped next, and only then are ``PR_SET_NO_NEW_PRIVS`` and the death signal
+set, because a credential change clears the death signal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import grp
+import os
+import pwd
+import resource
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from supervisor.errors import SpawnError
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_LANG = "C.UTF-8"
+NOLOGIN_SHELLS = ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A resolved OS user: ids, every group it belongs to, and its passwd home."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: Path
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def resolve_identity(user: str) -> Identity:
+    """Look ``user`` up in the passwd and group databases.
+
+    Raises ``SpawnError`` when the user does not exist.
+    """
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise SpawnError(
+            f"user {user!r} does not exist; create it (useradd --system {user}) "
+            "or set create_user: true for its tenant"
+        ) from None
+    groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid))))
+    return Identity(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, Path(entry.pw_dir))
+
+
+def current_identity() -> Identity:
+    """The identity the daemon itself runs as (used for every tenant when not root)."""
+    entry = pwd.getpwuid(os.getuid())
+    return Identity(entry.pw_name, entry.pw_uid, os.getgid(), tuple(os.getgroups()),
+                    Path(entry.pw_dir))
+
+
+def ensure_system_user(user: str, home: Path) -> Identity:
+    """Create ``user`` as a locked system user with its own group, unless it exists.
+
+    The account gets no password and a nologin shell; ``home`` is recorded in passwd but not
+    created here. Raises ``SpawnError`` when ``useradd`` fails.
+    """
+    try:
+        return resolve_identity(user)
+    except SpawnError:
+        pass
+    shell = next((s for s in NOLOGIN_SHELLS if os.path.exists(s)), "/bin/false")
+    cmd = ["useradd", "--system", "--user-group", "--no-create-home",
+           "--home-dir", str(home), "--shell", shell, user]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or str(exc)
+        raise SpawnError(f"could not create user {user!r}: {detail.strip()}") from exc
+    return resolve_identity(user)
+
+
+def group_id(name: str) -> int:
+    """Return the gid of group ``name``; raises ``SpawnError`` when it does not exist."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise SpawnError(f"group {name!r} does not exist; create it (groupadd {name})") from None
+
+
+def user_id(name: str) -> int:
+    """Return the uid of user ``name``; raises ``SpawnError`` when it does not exist."""
+    return resolve_identity(name).uid
+
+
+def build_environment(identity: Identity, home: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """The server's whole environment: a fixed allowlist, then ``extra`` (tenant and ollama env).
+
+    Nothing of the daemon's own environment is inherited.
+    """
+    env = {
+        "PATH": SAFE_PATH,
+        "LANG": DEFAULT_LANG,
+        "HOME": str(home),
+        "USER": identity.user,
+        "LOGNAME": identity.user,
+    }
+    env.update(extra)
+    return env
+
+
+def _prctl(option: int, arg: int) -> None:
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def make_preexec(identity: Identity, *, nofile: int, umask: int = 0o077,
+                 death_signal: int = signal.SIGKILL) -> Callable[[], None]:
+    """Return the function ``subprocess`` runs in the child between fork and exec.
+
+    As root the child raises RLIMIT_NOFILE to ``nofile``, drops to ``identity``'s groups, gid
+    and uid; unprivileged it keeps its ids and raises the limit only up to the hard limit.
+    Then it sets ``PR_SET_NO_NEW_PRIVS``, the death signal and ``umask``. The new session is
+    made by ``start_new_session`` in the caller.
+    """
+    parent_pid = os.getpid()
+    change_ids = os.geteuid() == 0 and identity.uid != 0
+
+    def preexec() -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if change_ids or nofile <= hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, max(nofile, hard)))
+        if change_ids:
+            os.setgroups(list(identity.groups))
+            os.setgid(identity.gid)
+            os.setuid(identity.uid)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        _prctl(PR_SET_PDEATHSIG, int(death_signal))
+        # The daemon may have died between fork and prctl; the death signal would then never
+        # come, so leave instead of running unsupervised.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        os.umask(umask)
+
+    return preexec

@@ -126,22 +126,35 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def _raise_nofile(nofile: int) -> None:
+    """Set RLIMIT_NOFILE to ``nofile``; without CAP_SYS_RESOURCE, cap it at the hard limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, max(nofile, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard))
+
+
+def nofile_shortfall(nofile: int) -> int | None:
+    """The daemon's hard RLIMIT_NOFILE when it is below ``nofile`` (servers may get less)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return hard if hard != resource.RLIM_INFINITY and hard < nofile else None
+
+
 def make_preexec(identity: Identity, *, nofile: int, umask: int = 0o077,
                  death_signal: int = signal.SIGKILL) -> Callable[[], None]:
     """Return the function ``subprocess`` runs in the child between fork and exec.
 
-    As root the child raises RLIMIT_NOFILE to ``nofile``, drops to ``identity``'s groups, gid
-    and uid; unprivileged it keeps its ids and raises the limit only up to the hard limit.
-    Then it sets ``PR_SET_NO_NEW_PRIVS``, the death signal and ``umask``. The new session is
+    The child raises RLIMIT_NOFILE to ``nofile`` (capped at the hard limit when it may not
+    raise it), then, as root, drops to ``identity``'s groups, gid
+    and uid; unprivileged it keeps its ids. Then it sets ``PR_SET_NO_NEW_PRIVS``, the death signal and ``umask``. The new session is
     made by ``start_new_session`` in the caller.
     """
     parent_pid = os.getpid()
     change_ids = os.geteuid() == 0 and identity.uid != 0
 
     def preexec() -> None:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if change_ids or nofile <= hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, max(nofile, hard)))
+        _raise_nofile(nofile)
         if change_ids:
             os.setgroups(list(identity.groups))
             os.setgid(identity.gid)

@@ -1,0 +1,3 @@
+from tests.integration.harness import deployment
+
+__all__ = ["deployment"]

@@ -33,6 +33,14 @@ class Backend:
         return f"{self.host}:{self.port}"
 
     @property
+    def isolated(self) -> bool:
+        """True when the server must be spawned in a network namespace of its own."""
+        return False
+
+    def attach(self, pid: int) -> None:
+        """Called once the server ``pid`` exists; a namespaced backend binds to its netns."""
+
+    @property
     def ollama_host(self) -> str:
         """The ``OLLAMA_HOST`` value that makes ``ollama serve`` listen here."""
         return self.address

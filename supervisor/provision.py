@@ -171,10 +171,13 @@ async def ensure_base(api: OllamaAPI, name: str, source: BaseModelConfig | None,
     await _stream_create(api, body, note)
 
 
-async def build_variant(api: OllamaAPI, plan: VariantPlan, note: Note) -> bool:
-    """Create ``plan`` unless an identical model exists. Returns True when it was (re)created."""
+async def build_variant(api: OllamaAPI, plan: VariantPlan, note: Note, *,
+                        force: bool = False) -> bool:
+    """Create ``plan`` unless an identical model exists (or ``force``). True when (re)created."""
     shown = await api.show(plan.name)
-    if shown is not None:
+    if shown is not None and force:
+        note(f"variant {plan.name}: rebuild forced")
+    elif shown is not None:
         diffs = differences(plan.request, shown)
         if not diffs:
             note(f"variant {plan.name}: up to date")

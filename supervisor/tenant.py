@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,7 @@ class TenantSetup:
     home: Path
     backend_for: Callable[[], Backend]
     plans: Callable[[], list[VariantPlan]]
+    preflight: Callable[[], Awaitable[None]] | None = None  # raises SpawnError
 
 
 class Tenant:
@@ -170,6 +171,25 @@ class Tenant:
         self._wake.set()
         await self.wait_for(lambda: self.state is not TenantState.STOPPED)
 
+    def apply_config(self, config: Config) -> None:
+        """Take a new config whose launch settings for this tenant are unchanged.
+
+        Supervisor-side knobs (probe periods, backoff, timeouts) apply from the next use on;
+        the running server is not touched.
+        """
+        self.config = config
+
+    async def rebuild(self, variant: str | None = None) -> None:
+        """Re-run provisioning on the running server (all variants, or only ``variant``).
+
+        Raises ``SpawnError`` when the tenant has no running server to build on.
+        """
+        if self.server is None or not self.server.running or self.state not in (
+            TenantState.READY, TenantState.DEGRADED):
+            raise SpawnError(f"tenant {self.name} is {self.state}; rebuild needs a running "
+                             "server (ready or degraded)")
+        await self._provision(OllamaAPI(self.connect_backend), only=variant, force=True)
+
     async def shutdown(self) -> None:
         """Stop for good (daemon exit); returns when the run loop has ended."""
         self._want_running = False
@@ -246,6 +266,7 @@ class Tenant:
             preexec=make_preexec(setup.identity, nofile=self.cfg.nofile),
             sink=self.output.write,
         )
+        self.backend.attach(server.pid)
         self.server = server
         log.info("tenant %s: started server pid %d as %s on %s", self.name, server.pid,
                  setup.identity.user, self.backend.address, extra={"tenant": self.name})
@@ -292,13 +313,19 @@ class Tenant:
         raise ProbeError(f"tenant {self.name}: GET / did not answer 200 within "
                          f"{self.cfg.start_timeout_s:g}s (start_timeout_s); see its log")
 
-    async def _provision(self, api: OllamaAPI) -> None:
-        self._set_state(TenantState.PROVISIONING, "server answers GET /")
+    async def _provision(self, api: OllamaAPI, *, only: str | None = None,
+                         force: bool = False) -> None:
+        self._set_state(TenantState.PROVISIONING, "rebuild requested" if force
+                        else "server answers GET /")
         plans = self.setup.plans()
-        self.variants = {p.name: VariantStatus(name=p.name) for p in plans}
+        old = self.variants
+        self.variants = {p.name: old.get(p.name) or VariantStatus(name=p.name) for p in plans}
         own = {p.name.lower() for p in plans} | {f"{p.name.lower()}:latest" for p in plans}
-        failed = []
+        failed = [f"variant {name}: {v.error}" for name, v in self.variants.items()
+                  if only is not None and name != only and v.state is VariantState.FAILED]
         for plan in plans:
+            if only is not None and plan.name != only:
+                continue
             status = self.variants[plan.name]
             status.state = VariantState.BUILDING
             try:
@@ -306,7 +333,7 @@ class Tenant:
                 if base and str(base).lower() not in own:
                     await ensure_base(api, str(base), self.config.base_models.get(str(base)),
                                       self.output.note)
-                await build_variant(api, plan, self.output.note)
+                await build_variant(api, plan, self.output.note, force=force)
             except Exception as exc:  # noqa: BLE001 - one variant's failure must not stop others
                 status.state, status.error = VariantState.FAILED, provision_error(exc)
                 failed.append(f"variant {plan.name}: {status.error}")

@@ -23,6 +23,13 @@ Connector = Callable[[], Awaitable[anyio.abc.ByteStream]]
 
 _CHUNK = 1 << 20
 _OK_TEXT = b"Ollama is running"
+_PROBE_HEADERS = [("Host", "localhost"), ("User-Agent", "janus-supervisor")]
+
+
+async def _discard(stream: anyio.abc.ByteStream) -> None:
+    """Close a stream even from inside a cancelled scope."""
+    with anyio.CancelScope(shield=True):
+        await stream.aclose()
 
 
 @dataclass
@@ -54,18 +61,26 @@ class _Exchange:
         self.conn = h11.Connection(h11.CLIENT)
 
     async def send(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
-        if data:
-            await self.stream.send(data)
+        try:
+            data = self.conn.send(event)
+            if data:
+                await self.stream.send(data)
+        except (h11.ProtocolError, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                OSError) as exc:
+            raise ProbeError(f"connection to the server broke while sending ({exc})") from exc
 
     async def next_event(self) -> h11.Event:
+        """The next HTTP event from the server; ``ProbeError`` when the exchange breaks."""
         while True:
-            event = self.conn.next_event()
+            try:
+                event = self.conn.next_event()
+            except h11.ProtocolError as exc:
+                raise ProbeError(f"the server closed or broke the connection ({exc})") from exc
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
             try:
                 data = await self.stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 data = b""
             self.conn.receive_data(data)
 
@@ -75,13 +90,10 @@ class OllamaAPI:
 
     def __init__(self, connect: Connector) -> None:
         self._connect = connect
+        self._probe: _Exchange | None = None
 
     async def _open(self, method: str, path: str, headers: list[tuple[str, str]]) -> _Exchange:
-        try:
-            stream = await self._connect()
-        except OSError as exc:
-            raise ProbeError(f"cannot connect: {exc.strerror or exc}") from exc
-        exchange = _Exchange(stream)
+        exchange = _Exchange(await self._connect_or_raise())
         base = [("Host", "localhost"), ("Connection", "close"), ("User-Agent", "janus-supervisor")]
         await exchange.send(h11.Request(method=method, target=path, headers=base + headers))
         return exchange
@@ -131,7 +143,8 @@ class OllamaAPI:
             if pending.strip():
                 yield json.loads(pending)
 
-    async def upload_file(self, path: str, file: Path, on_progress: Callable[[int], None]) -> Response:
+    async def upload_file(self, path: str, file: Path,
+                          on_progress: Callable[[int], None]) -> Response:
         """POST the bytes of ``file`` to ``path`` in 1 MiB chunks, never holding it whole."""
         size = file.stat().st_size
         exchange = await self._open("POST", path, [("Content-Length", str(size))])
@@ -145,9 +158,41 @@ class OllamaAPI:
             return await _read_response(exchange)
 
     async def is_running(self) -> bool:
-        """``GET /`` answers 200 ``Ollama is running``: the server is up and serving HTTP."""
-        response = await self.request("GET", "/")
+        """``GET /`` answers 200 ``Ollama is running``: the server is up and serving HTTP.
+
+        Probes reuse one keep-alive connection; any failure or cancellation drops it, so the
+        next probe starts from a fresh connection.
+        """
+        probe, self._probe = self._probe, None
+        try:
+            if probe is None:
+                probe = _Exchange(await self._connect_or_raise())
+            else:
+                probe.conn.start_next_cycle()
+            await probe.send(h11.Request(method="GET", target="/", headers=_PROBE_HEADERS))
+            await probe.send(h11.EndOfMessage())
+            response = await _read_response(probe)
+        except BaseException:
+            if probe is not None:
+                await _discard(probe.stream)
+            raise
+        if probe.conn.our_state is h11.DONE and probe.conn.their_state is h11.DONE:
+            self._probe = probe
+        else:
+            await _discard(probe.stream)
         return response.status == 200 and response.body.startswith(_OK_TEXT)
+
+    async def _connect_or_raise(self) -> anyio.abc.ByteStream:
+        try:
+            return await self._connect()
+        except OSError as exc:
+            raise ProbeError(f"cannot connect: {exc.strerror or exc}") from exc
+
+    async def aclose(self) -> None:
+        """Drop the kept-alive probe connection."""
+        if self._probe is not None:
+            await _discard(self._probe.stream)
+            self._probe = None
 
     async def show(self, model: str) -> dict[str, Any] | None:
         """The ``/api/show`` document of ``model``, or None when the server does not have it."""

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 import anyio
 
 from supervisor.errors import SpawnError
+from supervisor.leftovers import SERVER_PIDS, ProcessTracker, reap_orphans
 from supervisor.status import ExitInfo
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 LineSink = Callable[[str], None]
 
 _GROUP_POLL_S = 0.01
+_MAX_LINE = 1 << 20
 
 
 def group_members(pgid: int) -> list[int]:
@@ -48,6 +51,17 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def _group_exists(pgid: int) -> bool:
+    """Cheap first check: any process (zombies included) in group ``pgid``?"""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _exit_info(returncode: int) -> ExitInfo:
     if returncode < 0:
         try:
@@ -66,50 +80,68 @@ class StopResult:
     killed: bool
 
 
+class _ServerProtocol(asyncio.SubprocessProtocol):
+    """Splits the server's output into lines and notes its exit the moment it happens.
+
+    ``Process.wait()`` of asyncio's high-level API also waits until the output pipe closes,
+    and a model runner that outlives its server keeps that pipe open, so the exit would be
+    seen late. ``process_exited`` fires on the exit itself.
+    """
+
+    def __init__(self, sink: LineSink) -> None:
+        self._sink = sink
+        self._partial = b""
+        self.exited = anyio.Event()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            self._sink(line.decode("utf-8", "replace"))
+        if len(self._partial) > _MAX_LINE:
+            self._sink(self._partial.decode("utf-8", "replace"))
+            self._partial = b""
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if self._partial:
+            self._sink(self._partial.decode("utf-8", "replace"))
+            self._partial = b""
+
+    def process_exited(self) -> None:
+        self.exited.set()
+
+
 class ServerProcess:
     """A running server: its pid, its process group, and its captured output."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, sink: LineSink) -> None:
-        self._proc = proc
-        self.pid = proc.pid
-        self.pgid = proc.pid  # start_new_session makes the server its group's leader
+    def __init__(self, transport: asyncio.SubprocessTransport, protocol: _ServerProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self.pid = transport.get_pid()
+        self.pgid = self.pid  # start_new_session makes the server its group's leader
         self.started_at = time.time()
         self.exit: ExitInfo | None = None
-        self._sink = sink
-        self._exited = anyio.Event()
-        self._reader: asyncio.Task[None] | None = None
+        self.tracker: ProcessTracker | None = None
+        SERVER_PIDS.add(self.pid)
 
-    def start_background(self) -> None:
-        """Begin copying output lines to the sink and watching for exit."""
-        self._reader = asyncio.ensure_future(self._copy_output())
-        asyncio.ensure_future(self._watch_exit())
-
-    async def _copy_output(self) -> None:
-        stream = self._proc.stdout
-        assert stream is not None
-        while True:
-            try:
-                line = await stream.readline()
-            except (ValueError, asyncio.LimitOverrunError):
-                line = await stream.read(65536)
-            if not line:
-                return
-            self._sink(line.decode("utf-8", "replace").rstrip("\n"))
-
-    async def _watch_exit(self) -> None:
-        returncode = await self._proc.wait()
-        self.exit = _exit_info(returncode)
-        self._exited.set()
-
-    @property
-    def running(self) -> bool:
-        return self.exit is None
+    def _note_exit(self) -> None:
+        if self.exit is None:
+            returncode = self._transport.get_returncode()
+            assert returncode is not None
+            SERVER_PIDS.discard(self.pid)
+            self.exit = _exit_info(returncode)
 
     async def wait(self) -> ExitInfo:
         """Wait for the server process itself to end."""
-        await self._exited.wait()
+        await self._protocol.exited.wait()
+        self._note_exit()
         assert self.exit is not None
         return self.exit
+
+    @property
+    def running(self) -> bool:
+        if self.exit is None and self._protocol.exited.is_set():
+            self._note_exit()
+        return self.exit is None
 
     def signal(self, signum: int) -> None:
         if self.exit is None:
@@ -118,37 +150,62 @@ class ServerProcess:
             except ProcessLookupError:
                 pass
 
-    def kill_group(self) -> None:
+    def _leftovers(self) -> bool:
+        """True while anything of this instance lives: group members or tracked processes."""
+        if _group_exists(self.pgid) and group_members(self.pgid):
+            return True
+        return bool(self.tracker and self.tracker.survivors())
+
+    def kill_all(self) -> None:
+        """SIGKILL the process group and every tracked process that left it."""
         try:
             os.killpg(self.pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if self.tracker is not None:
+            self.tracker.kill_survivors()
 
     async def stop(self, timeout_s: float) -> StopResult:
-        """SIGTERM the server, wait ``timeout_s``, then SIGKILL its whole process group.
+        """SIGTERM the server, wait ``timeout_s``, then SIGKILL everything started for it.
 
-        Returns once the server has been reaped and no live member of its group remains.
+        Returns once the server has been reaped and no live process of this instance remains:
+        neither in its process group nor among the tracked descendants that left the group.
         """
-        killed = False
         self.signal(signal.SIGTERM)
         with anyio.move_on_after(timeout_s):
             await self.wait()
-            while group_members(self.pgid):
+            while self._leftovers():
                 await anyio.sleep(_GROUP_POLL_S)
-        if self.running or group_members(self.pgid):
-            killed = True
-            self.kill_group()
+        killed = self.running or self._leftovers()
+        if killed:
+            self.kill_all()
         exit_info = await self.wait()
-        await self.wait_group_empty()
-        if self._reader is not None:
-            self._reader.cancel()
+        if killed:
+            exit_info = exit_info.model_copy(update={"killed_after_timeout": True})
+        while self._leftovers():
+            self.kill_all()
+            await anyio.sleep(_GROUP_POLL_S)
+        reap_orphans()
+        if self.tracker is not None:
+            self.tracker.forget()
+        self._transport.close()
         return StopResult(exit_info, killed)
 
-    async def wait_group_empty(self) -> None:
-        """Kill and wait until no live process is left in the server's group."""
-        while group_members(self.pgid):
-            self.kill_group()
-            await anyio.sleep(_GROUP_POLL_S)
+
+def watch_children_with_pidfd() -> None:
+    """On Python 3.11, wait for servers with pidfds instead of one blocked thread per server.
+
+    (3.12 and later pick the pidfd watcher themselves.) Call from inside the running loop.
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return  # kernel without pidfd: keep the default threaded watcher
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
 
 
 async def spawn_server(
@@ -164,23 +221,21 @@ async def spawn_server(
 
     Raises ``SpawnError`` when the exec fails (missing binary, permission, preexec error).
     """
+    loop = asyncio.get_running_loop()
     try:
-        proc = await asyncio.create_subprocess_exec(
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _ServerProtocol(sink),
             str(binary),
             *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             env=dict(env),
             cwd=str(cwd),
             start_new_session=True,
             close_fds=True,
             preexec_fn=preexec,
-            limit=1 << 20,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise SpawnError(f"could not start {binary}: {exc}") from exc
-    server = ServerProcess(proc, sink)
-    server.start_background()
-    return server
-
+    return ServerProcess(transport, protocol)

@@ -51,11 +51,13 @@ class ExitInfo(BaseModel):
     code: int | None = None
     signal: str | None = None
     at: float | None = None
+    killed_after_timeout: bool = False
 
     def describe(self) -> str:
-        if self.signal:
-            return f"killed by {self.signal}"
-        return f"exit code {self.code}"
+        text = f"killed by {self.signal}" if self.signal else f"exit code {self.code}"
+        if self.killed_after_timeout:
+            text += "; killed after stop timeout"
+        return text
 
 
 class TenantStatus(BaseModel):

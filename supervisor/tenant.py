@@ -8,6 +8,7 @@ instance always ends with the server and its whole process group gone.
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import time
@@ -21,10 +22,18 @@ import anyio.abc
 from supervisor.backend import Backend
 from supervisor.config import Config, TenantConfig
 from supervisor.errors import ProbeError, SpawnError
+from supervisor.leftovers import ProcessTracker, end_leftovers
 from supervisor.logs import TenantLog
 from supervisor.ollama_api import OllamaAPI
 from supervisor.privileges import Identity, build_environment, make_preexec
-from supervisor.provision import VariantPlan, build_variant, ensure_base, provision_error
+from supervisor.provision import (
+    TenantStore,
+    VariantPlan,
+    build_variant,
+    ensure_base,
+    provision_error,
+    uses_shared_store,
+)
 from supervisor.spawn import ServerProcess, spawn_server
 from supervisor.status import ExitInfo, TenantState, TenantStatus, VariantState, VariantStatus
 
@@ -41,6 +50,8 @@ class Outcome(enum.Enum):
     UNHEALTHY = "liveness failed"
     START_TIMEOUT = "start timeout"
     SPAWN_FAILED = "spawn failed"
+    PREFLIGHT_FAILED = "preflight failed"
+    INTERNAL_ERROR = "internal error"
     STOP = "stopped by admin"
     RESTART = "restart requested"
     SHUTDOWN = "daemon shutdown"
@@ -55,6 +66,7 @@ class TenantSetup:
     backend_for: Callable[[], Backend]
     plans: Callable[[], list[VariantPlan]]
     preflight: Callable[[], Awaitable[None]] | None = None  # raises SpawnError
+    in_flight: Callable[[], int] | None = None  # relayed requests not yet answered
 
 
 class Tenant:
@@ -81,6 +93,14 @@ class Tenant:
         self._wake = anyio.Event()
         self._done = anyio.Event()
         self._failures = 0
+        self._failed = False
+        self._healthy_for = 0.0
+        self._auto_starts: collections.deque[float] = collections.deque()
+        self._ready_since: float | None = None
+        self._probes = 0
+        self.restarts_by_cause: collections.Counter[str] = collections.Counter()
+        self.probe_failures = 0
+        self.record = config.state_dir / "run" / f"{name}.json"
 
     @property
     def cfg(self) -> TenantConfig:
@@ -96,6 +116,7 @@ class Tenant:
                 extra={"tenant": self.name})
         self.state = state
         self.since = time.time()
+        self._ready_since = self.since if state is TenantState.READY else None
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -152,6 +173,7 @@ class Tenant:
     async def restart(self) -> None:
         """Stop the current server (if any) and start a new one; returns once it is spawned."""
         self._want_running = True
+        self._clear_failure()
         old = self.server.pid if self.server and self.server.running else None
         self._interrupt(Outcome.RESTART)
         await self.wait_for(lambda: self.server is not None and self.server.running
@@ -164,12 +186,20 @@ class Tenant:
         await self.wait_for(lambda: self.state is TenantState.STOPPED)
 
     async def start(self) -> None:
-        """Start a stopped tenant; returns once its server is spawned (or failed to spawn)."""
-        if self.state is not TenantState.STOPPED:
+        """Start a stopped or failed tenant; returns once it has left that state."""
+        if self.state not in (TenantState.STOPPED, TenantState.FAILED):
             return
+        before = self.state
         self._want_running = True
+        self._clear_failure()
         self._wake.set()
-        await self.wait_for(lambda: self.state is not TenantState.STOPPED)
+        await self.wait_for(lambda: self.state is not before)
+
+    def _clear_failure(self) -> None:
+        """An admin start/restart (or a reload that changes the tenant) leaves ``failed``."""
+        self._failed = False
+        self._failures = 0
+        self._auto_starts.clear()
 
     def apply_config(self, config: Config) -> None:
         """Take a new config whose launch settings for this tenant are unchanged.
@@ -196,11 +226,28 @@ class Tenant:
         self._interrupt(Outcome.SHUTDOWN)
         await self._done.wait()
 
+    async def _drain(self) -> None:
+        """While new connections wait (not ready), let relayed requests finish, bounded."""
+        in_flight = self.setup.in_flight
+        if in_flight is None or not in_flight():
+            return
+        with anyio.move_on_after(self.cfg.drain_timeout_s):
+            while in_flight():
+                await anyio.sleep(0.02)
+        if in_flight():
+            log.warning("tenant %s: %d requests still running after drain_timeout_s %gs; "
+                        "stopping anyway", self.name, in_flight(), self.cfg.drain_timeout_s,
+                        extra={"tenant": self.name})
+
     # -- supervision loop ----------------------------------------------------------------------
     async def run(self) -> None:
         """The tenant's supervision loop; ends after ``shutdown``."""
         try:
+            await anyio.to_thread.run_sync(end_leftovers, self.name, self.record)
             while self._pending is not Outcome.SHUTDOWN:
+                if self._failed and self._want_running:
+                    await self._sleep_until_woken(None)
+                    continue
                 if not self._want_running:
                     self._set_state(TenantState.STOPPED, self._pending.value if self._pending
                                     else "not started")
@@ -219,20 +266,69 @@ class Tenant:
             await self._wake.wait()
 
     async def _after(self, outcome: Outcome) -> None:
-        if outcome in (Outcome.STOP, Outcome.SHUTDOWN):
+        """Apply the restart policy and budget to how the last instance ended."""
+        if outcome in (Outcome.STOP, Outcome.SHUTDOWN, Outcome.PREFLIGHT_FAILED):
+            return
+        self.restarts_by_cause[outcome.value] += 1
+        if outcome is Outcome.RESTART:
+            self.restarts += 1
+            return
+        clean_exit = outcome is Outcome.EXITED and self.last_exit is not None and (
+            self.last_exit.code == 0)
+        policy = self.cfg.restart
+        if policy == "never" or (policy == "on-failure" and clean_exit):
+            self._want_running = False
+            self._set_state(TenantState.STOPPED, f"{outcome.value}; restart policy {policy}")
+            return
+        if not self._within_budget():
             return
         self.restarts += 1
-        if outcome is Outcome.RESTART:
-            return
+        delay = self._next_delay()
+        if delay > 0:
+            self.next_start_at = time.time() + delay
+            self._set_state(TenantState.BACKOFF, f"{outcome.value}; next start in {delay:g}s")
+            await self._sleep_until_woken(delay)
+            self.next_start_at = None
+
+    def _next_delay(self) -> float:
+        """0 after a healthy run, then backoff_initial_s doubling up to backoff_max_s."""
+        if self._healthy_for >= self.cfg.healthy_reset_s:
+            self._failures = 0
+            return 0.0
         self._failures += 1
-        delay = min(self.cfg.backoff_initial_s * 2 ** (self._failures - 1), self.cfg.backoff_max_s)
-        self.next_start_at = time.time() + delay
-        self._set_state(TenantState.BACKOFF, f"{outcome.value}; next start in {delay:g}s")
-        await self._sleep_until_woken(delay)
-        self.next_start_at = None
+        return float(min(self.cfg.backoff_initial_s * 2 ** (self._failures - 1),
+                         self.cfg.backoff_max_s))
+
+    def _within_budget(self) -> bool:
+        """Count an automatic start; past the budget the tenant becomes ``failed``."""
+        now = time.monotonic()
+        window = self.cfg.restart_window_s
+        while self._auto_starts and now - self._auto_starts[0] > window:
+            self._auto_starts.popleft()
+        if len(self._auto_starts) >= self.cfg.restart_budget:
+            self._fail(f"restart budget spent: {len(self._auto_starts)} automatic starts in "
+                       f"{window:g}s (restart_budget); last: {self.last_error}. Fix the cause, "
+                       f"then 'janus-supervisorctl start {self.name}'")
+            return False
+        self._auto_starts.append(now)
+        return True
+
+    def _fail(self, reason: str) -> None:
+        self._failed = True
+        self.last_error = reason
+        self._set_state(TenantState.FAILED, reason)
 
     async def _run_instance(self) -> Outcome:
         self._set_state(TenantState.STARTING, "spawning server")
+        self._healthy_for = 0.0
+        if self.setup.preflight is not None:
+            try:
+                await self.setup.preflight()
+            except SpawnError as exc:
+                log.error("tenant %s: preflight failed: %s", self.name, exc,
+                          extra={"tenant": self.name})
+                self._fail(f"preflight failed: {exc}")
+                return Outcome.PREFLIGHT_FAILED
         try:
             server = await self._spawn()
         except SpawnError as exc:
@@ -244,7 +340,13 @@ class Tenant:
             self._instance_scope = scope
             if self._pending is not None:
                 scope.cancel()
-            outcome = await self._supervise(server)
+            try:
+                outcome = await self._supervise(server)
+            except Exception as exc:  # noqa: BLE001 - one tenant's bug must not stop the others
+                log.exception("tenant %s: internal error while supervising pid %d; restarting "
+                              "it", self.name, server.pid, extra={"tenant": self.name})
+                self.last_error = f"internal error: {exc!r}"
+                outcome = Outcome.INTERNAL_ERROR
         self._instance_scope = None
         if self._pending is not None:
             outcome = self._pending
@@ -258,15 +360,19 @@ class Tenant:
         env.update(self.cfg.env)
         env["OLLAMA_HOST"] = self.backend.ollama_host
         env["OLLAMA_MODELS"] = str(self.cfg.models_dir)
+        env.update({"OLLAMA_NOPRUNE": "1"} if uses_shared_store(self.config) else {})
         server = await spawn_server(
             self.config.ollama.binary,
             ["serve"],
             env=build_environment(setup.identity, setup.home, env),
             cwd=setup.home,
-            preexec=make_preexec(setup.identity, nofile=self.cfg.nofile),
+            preexec=make_preexec(setup.identity, nofile=self.cfg.nofile,
+                                 new_netns=self.backend.isolated),
             sink=self.output.write,
         )
         self.backend.attach(server.pid)
+        server.tracker = ProcessTracker(server.pid, setup.identity.uid, self.cfg.models_dir,
+                                        self.record)
         self.server = server
         log.info("tenant %s: started server pid %d as %s on %s", self.name, server.pid,
                  setup.identity.user, self.backend.address, extra={"tenant": self.name})
@@ -277,24 +383,26 @@ class Tenant:
     async def _supervise(self, server: ServerProcess) -> Outcome:
         """Bring the server up and watch it; returns why the instance should end."""
         outcome = Outcome.EXITED
-        async with anyio.create_task_group() as tg:
+        api = OllamaAPI(self.connect_backend)
+        try:
+            async with anyio.create_task_group() as tg:
 
-            async def watch_exit() -> None:
-                await server.wait()
-                tg.cancel_scope.cancel()
+                async def watch_exit() -> None:
+                    await server.wait()
+                    tg.cancel_scope.cancel()
 
-            tg.start_soon(watch_exit)
-            api = OllamaAPI(self.connect_backend)
-            try:
-                await self._wait_serving(api, server)
-            except ProbeError as exc:
-                self.last_error = str(exc)
-                outcome = Outcome.START_TIMEOUT
+                tg.start_soon(watch_exit)
+                try:
+                    await self._wait_serving(api, server)
+                except ProbeError as exc:
+                    self.last_error = str(exc)
+                    tg.cancel_scope.cancel()
+                    return Outcome.START_TIMEOUT
+                await self._provision(api)
+                outcome = await self._watch_liveness(api)
                 tg.cancel_scope.cancel()
-                return outcome
-            await self._provision(api)
-            outcome = await self._watch_liveness(api)
-            tg.cancel_scope.cancel()
+        finally:
+            await api.aclose()
         return outcome
 
     async def _wait_serving(self, api: OllamaAPI, server: ServerProcess) -> None:
@@ -313,6 +421,13 @@ class Tenant:
         raise ProbeError(f"tenant {self.name}: GET / did not answer 200 within "
                          f"{self.cfg.start_timeout_s:g}s (start_timeout_s); see its log")
 
+    def _store(self) -> TenantStore:
+        """The tenant's store, owner and network, as provisioning needs them."""
+        isolated = self.backend.isolated if self.backend else self.cfg.network == "isolated"
+        identity = self.setup.identity
+        return TenantStore(self.name, self.cfg.models_dir, identity.uid, identity.gid,
+                           "isolated" if isolated else "host")
+
     async def _provision(self, api: OllamaAPI, *, only: str | None = None,
                          force: bool = False) -> None:
         self._set_state(TenantState.PROVISIONING, "rebuild requested" if force
@@ -320,6 +435,9 @@ class Tenant:
         plans = self.setup.plans()
         old = self.variants
         self.variants = {p.name: old.get(p.name) or VariantStatus(name=p.name) for p in plans}
+        for name in old.keys() - self.variants.keys():
+            self.output.note(f"variant {name}: no longer in the config; left in the store "
+                             "(the daemon never deletes models)")
         own = {p.name.lower() for p in plans} | {f"{p.name.lower()}:latest" for p in plans}
         failed = [f"variant {name}: {v.error}" for name, v in self.variants.items()
                   if only is not None and name != only and v.state is VariantState.FAILED]
@@ -332,7 +450,7 @@ class Tenant:
                 base = plan.request.get("from")
                 if base and str(base).lower() not in own:
                     await ensure_base(api, str(base), self.config.base_models.get(str(base)),
-                                      self.output.note)
+                                      self.output.note, self._store())
                 await build_variant(api, plan, self.output.note, force=force)
             except Exception as exc:  # noqa: BLE001 - one variant's failure must not stop others
                 status.state, status.error = VariantState.FAILED, provision_error(exc)
@@ -345,26 +463,40 @@ class Tenant:
             self._set_state(TenantState.DEGRADED, self.last_error)
         else:
             self.last_error = None
-            self._failures = 0
             self._set_state(TenantState.READY, "server answers and every variant is built")
+
+    async def _probe(self, api: OllamaAPI) -> str | None:
+        """One liveness probe (deep every ``deep_probe_every``); None when healthy."""
+        self._probes += 1
+        every = self.cfg.deep_probe_every
+        deep = bool(every) and self._probes % every == 0 and bool(self.variants)
+        with anyio.move_on_after(self.cfg.probe_timeout_s) as timeout:
+            try:
+                if not await api.is_running():
+                    return "GET / did not answer 200"
+                if deep and await api.show(next(iter(self.variants))) is None:
+                    return "deep probe: /api/show does not find the variant"
+            except ProbeError as exc:
+                return str(exc)
+        if timeout.cancelled_caught:
+            what = "deep probe /api/show" if deep else "GET /"
+            return f"{what} timeout after {self.cfg.probe_timeout_s:g}s"
+        return None
 
     async def _watch_liveness(self, api: OllamaAPI) -> Outcome:
         failures = 0
         while True:
             await anyio.sleep(self.cfg.probe_period_s)
-            reason = None
-            with anyio.move_on_after(self.cfg.probe_timeout_s) as timeout:
-                try:
-                    if not await api.is_running():
-                        reason = "GET / did not answer 200"
-                except ProbeError as exc:
-                    reason = str(exc)
-            if timeout.cancelled_caught:
-                reason = f"timeout after {self.cfg.probe_timeout_s:g}s"
+            if self.server is not None and self.server.tracker is not None:
+                self.server.tracker.observe()
+            if self._ready_since is not None:
+                self._healthy_for = time.time() - self._ready_since
+            reason = await self._probe(api)
             if reason is None:
                 failures = 0
                 continue
             failures += 1
+            self.probe_failures += 1
             threshold = self.cfg.probe_failure_threshold
             log.warning("tenant %s: liveness failed %d/%d (%s)%s", self.name, failures, threshold,
                         reason, "; restarting" if failures >= threshold else "",
@@ -374,10 +506,14 @@ class Tenant:
                 return Outcome.UNHEALTHY
 
     async def _reap(self, server: ServerProcess, outcome: Outcome) -> None:
-        """End the server and its process group, whatever state they are in."""
+        """End the server and everything started for it, whatever state they are in."""
+        if self._ready_since is not None:
+            self._healthy_for = time.time() - self._ready_since
         with anyio.CancelScope(shield=True):
             if server.running:
                 self._set_state(TenantState.STOPPING, outcome.value)
+                if outcome in (Outcome.STOP, Outcome.RESTART, Outcome.SHUTDOWN):
+                    await self._drain()
             result = await server.stop(self.cfg.stop_timeout_s)
         self.last_exit = result.exit
         if outcome is Outcome.EXITED:
@@ -385,7 +521,8 @@ class Tenant:
             log.error("tenant %s: server pid %d %s", self.name, server.pid,
                       result.exit.describe(), extra={"tenant": self.name})
         elif result.killed:
-            log.warning("tenant %s: server pid %d killed after stop timeout %gs", self.name,
-                        server.pid, self.cfg.stop_timeout_s, extra={"tenant": self.name})
+            log.warning("tenant %s: server pid %d and its processes killed after stop timeout "
+                        "%gs", self.name, server.pid, self.cfg.stop_timeout_s,
+                        extra={"tenant": self.name})
         self._changed.set()
         self._changed = anyio.Event()

@@ -83,6 +83,7 @@ async def test_exit_code_and_signal_are_reported(tmp_path: Path) -> None:
 
     with anyio.fail_after(10):
         info = await server.wait()
+    await server.stop(timeout_s=1)
 
     assert info.code == 7 and info.signal is None
     assert info.describe() == "exit code 7"
@@ -127,3 +128,17 @@ async def test_root_drops_to_tenant_identity(tmp_path: Path) -> None:
     assert status["Uid"].split() == [str(nobody.pw_uid)] * 4
     assert status["Gid"].split() == [str(nobody.pw_gid)] * 4
     assert set(status["Groups"].split()) <= {str(g) for g in identity.groups}
+
+
+async def test_exit_is_seen_while_a_grandchild_holds_the_output_pipe(tmp_path: Path) -> None:
+    """A runner that outlives its server keeps the pipe open; the exit must still be seen."""
+    lines: list[str] = []
+    server = await start("sleep 30 & echo up; exit 3", tmp_path, lines)
+
+    with anyio.fail_after(2):
+        info = await server.wait()
+    result = await server.stop(timeout_s=0.2)
+
+    assert info.code == 3
+    assert result.killed  # the grandchild in the group had to be killed
+    assert group_members(server.pgid) == []

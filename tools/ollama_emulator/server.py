@@ -302,7 +302,7 @@ def _discover_and_serve(server: EmulatorServer, state: ServerState) -> int:
         default_num_ctx=4096,
     )
     thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="http", daemon=True
     )
     thread.start()
     while not state.stopping.wait(1.0):
@@ -317,4 +317,6 @@ def _shutdown(server: EmulatorServer, state: ServerState, serving: bool) -> int:
     server.drop_connections()
     state.sched.unload_all()
     sys.stdout.flush()
-    return 0
+    sys.stderr.flush()
+    # Like the Go server, leave at once: skip the interpreter's teardown of threads/modules.
+    os._exit(0)

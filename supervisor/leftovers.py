@@ -1,0 +1,268 @@
+"""Every process started for a tenant: tracked while it runs, recorded on disk, ended for good.
+
+Ollama's runners share the server's process group, but a runner (or anything it starts) may
+call ``setsid`` and leave the group, and a runner outlives a SIGKILLed server. So the daemon is a
+child subreaper (orphans come back to it), observes the server's descendants every probe period,
+and records them with their start times in ``<state_dir>/run/<tenant>.json``. A stop ends the
+group and every recorded process. A daemon that starts after its predecessor was killed reads the
+record and ends what is left — but only processes whose uid and start time match the record, so
+a pid reused by an unrelated process is never signalled.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+PR_SET_CHILD_SUBREAPER = 36
+_START_TOLERANCE_S = 0.05
+
+# Pids of running servers. asyncio waits for these itself, so the orphan reaper must leave
+# them alone, and they are never anyone's orphans.
+SERVER_PIDS: set[int] = set()
+
+
+@dataclass(frozen=True)
+class ProcRef:
+    """A process identified by pid *and* start time (a bare pid can be reused)."""
+
+    pid: int
+    start: float
+
+    def matches(self, proc: psutil.Process) -> bool:
+        try:
+            return abs(proc.create_time() - self.start) < _START_TOLERANCE_S
+        except psutil.Error:
+            return False
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants re-parent to this process instead of init."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("janus-supervisord: cannot become a child subreaper (errno %d); processes "
+                    "that leave a tenant's process group may escape supervision",
+                    ctypes.get_errno())
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` from /proc/PID/task/*/children (no scan of every process).
+
+    Falls back to psutil's full scan on kernels without CONFIG_PROC_CHILDREN.
+    """
+    kids: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    try:
+        for tid in tids:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids.extend(int(k) for k in f.read().split())
+    except FileNotFoundError:
+        try:
+            return [p.pid for p in psutil.Process(pid).children()]
+        except psutil.Error:
+            return []
+    except OSError:
+        pass
+    return kids
+
+
+def descendants_of(pid: int) -> list[int]:
+    """Every descendant of ``pid``, breadth first."""
+    found: list[int] = []
+    queue = children_of(pid)
+    while queue:
+        child = queue.pop()
+        found.append(child)
+        queue.extend(children_of(child))
+    return found
+
+
+def ref_of(pid: int) -> ProcRef | None:
+    try:
+        return ProcRef(pid, psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _live(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.Error:
+        return False
+
+
+def _environ_has(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return needle in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
+
+
+def reap_orphans() -> None:
+    """Collect exit statuses of orphans re-parented to us (not the servers asyncio waits for)."""
+    for pid in children_of(os.getpid()):
+        if pid not in SERVER_PIDS and _is_zombie(pid):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+class ProcessTracker:
+    """The processes of one server instance, persisted to ``record`` when it changes."""
+
+    def __init__(self, server_pid: int, uid: int, models_dir: Path, record: Path | None) -> None:
+        self.server = ref_of(server_pid) or ProcRef(server_pid, time.time())
+        self.pgid = server_pid
+        self.uid = uid
+        self.known: dict[int, ProcRef] = {server_pid: self.server}
+        self._marker = f"OLLAMA_MODELS={models_dir}".encode()
+        self._record = record
+        self._save()
+
+    def observe(self) -> None:
+        """Add the server's current descendants and orphans that carry its store in their env."""
+        found = descendants_of(self.server.pid) if self._server_alive() else []
+        for pid in children_of(os.getpid()):
+            if pid in self.known or pid in SERVER_PIDS:
+                continue
+            if _environ_has(pid, self._marker):
+                found.append(pid)
+        changed = False
+        for pid in found:
+            if pid not in self.known and (ref := ref_of(pid)) is not None:
+                self.known[pid] = ref
+                changed = True
+        if changed:
+            self._save()
+
+    def _server_alive(self) -> bool:
+        try:
+            return self.server.matches(psutil.Process(self.server.pid))
+        except psutil.Error:
+            return False
+
+    def survivors(self) -> list[psutil.Process]:
+        """Live processes of this instance: recorded ones and current group members."""
+        self.observe()
+        alive = []
+        for ref in self.known.values():
+            try:
+                proc = psutil.Process(ref.pid)
+            except psutil.Error:
+                continue
+            if ref.matches(proc) and _live(proc):
+                alive.append(proc)
+        return alive
+
+    def kill_survivors(self) -> int:
+        """SIGKILL every surviving process of this instance; returns how many were signalled."""
+        survivors = self.survivors()
+        for proc in survivors:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        return len(survivors)
+
+    def forget(self) -> None:
+        """The instance is gone: drop the on-disk record."""
+        if self._record is not None:
+            self._record.unlink(missing_ok=True)
+
+    def _save(self) -> None:
+        if self._record is None:
+            return
+        data = {
+            "uid": self.uid,
+            "pgid": self.pgid,
+            "server": [self.server.pid, self.server.start],
+            "known": [[r.pid, r.start] for r in self.known.values()],
+        }
+        tmp = self._record.with_suffix(".tmp")
+        try:
+            self._record.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self._record)
+        except OSError as exc:
+            log.warning("cannot record tenant processes in %s (%s); a killed daemon's leftovers "
+                        "may then go unnoticed", self._record, exc.strerror)
+
+
+def _recorded_survivors(data: dict[str, object]) -> list[psutil.Process]:
+    uid = int(data["uid"])  # type: ignore[call-overload]
+    pgid = int(data["pgid"])  # type: ignore[call-overload]
+    server_start = float(data["server"][1])  # type: ignore[index]
+    refs = {int(p): ProcRef(int(p), float(s)) for p, s in data["known"]}  # type: ignore[attr-defined]
+    found = []
+    for proc in psutil.process_iter(["uids", "create_time"]):
+        try:
+            if proc.info["uids"].real != uid or not _live(proc):
+                continue
+            ref = refs.get(proc.pid)
+            in_group = os.getpgid(proc.pid) == pgid and proc.info["create_time"] >= server_start
+        except (psutil.Error, OSError, AttributeError):
+            continue
+        if (ref is not None and ref.matches(proc)) or in_group:
+            found.append(proc)
+    return found
+
+
+def end_leftovers(tenant: str, record: Path, timeout_s: float = 5.0) -> list[int]:
+    """End what a previous daemon left running for ``tenant``; returns the pids killed.
+
+    Only processes with the recorded uid whose start time matches a recorded process, or that
+    are in the recorded process group and started after the recorded server, are signalled.
+    """
+    try:
+        data = json.loads(record.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        log.warning("tenant %s: unreadable process record %s (%s); ignoring it", tenant, record,
+                    exc, extra={"tenant": tenant})
+        return []
+    survivors = _recorded_survivors(data)
+    for proc in survivors:
+        log.warning("tenant %s: ending pid %d (%s) left by a previous daemon", tenant, proc.pid,
+                    _name(proc), extra={"tenant": tenant})
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    gone, alive = psutil.wait_procs(survivors, timeout=timeout_s)
+    for proc in alive:
+        log.error("tenant %s: pid %d survived SIGKILL for %gs", tenant, proc.pid, timeout_s,
+                  extra={"tenant": tenant})
+    record.unlink(missing_ok=True)
+    return [p.pid for p in survivors]
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return "?"

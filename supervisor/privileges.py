@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervisor.errors import SpawnError
+from supervisor.netns import enter_new_netns
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
@@ -70,25 +71,27 @@ def current_identity() -> Identity:
                     Path(entry.pw_dir))
 
 
-def ensure_system_user(user: str, home: Path) -> Identity:
+def ensure_system_user(user: str) -> tuple[Identity, bool]:
     """Create ``user`` as a locked system user with its own group, unless it exists.
 
-    The account gets no password and a nologin shell; ``home`` is recorded in passwd but not
-    created here. Raises ``SpawnError`` when ``useradd`` fails.
+    The account gets no password, a nologin shell and ``/nonexistent`` as its passwd home (the
+    daemon gives it a private HOME under its state directory, so the account is not tied to
+    one installation). Returns the identity and whether it was created. Raises ``SpawnError``
+    when ``useradd`` fails.
     """
     try:
-        return resolve_identity(user)
+        return resolve_identity(user), False
     except SpawnError:
         pass
     shell = next((s for s in NOLOGIN_SHELLS if os.path.exists(s)), "/bin/false")
     cmd = ["useradd", "--system", "--user-group", "--no-create-home",
-           "--home-dir", str(home), "--shell", shell, user]
+           "--home-dir", "/nonexistent", "--shell", shell, user]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
         raise SpawnError(f"could not create user {user!r}: {detail.strip()}") from exc
-    return resolve_identity(user)
+    return resolve_identity(user), True
 
 
 def group_id(name: str) -> int:
@@ -142,19 +145,24 @@ def nofile_shortfall(nofile: int) -> int | None:
 
 
 def make_preexec(identity: Identity, *, nofile: int, umask: int = 0o077,
-                 death_signal: int = signal.SIGKILL) -> Callable[[], None]:
+                 death_signal: int = signal.SIGKILL,
+                 new_netns: bool = False) -> Callable[[], None]:
     """Return the function ``subprocess`` runs in the child between fork and exec.
 
     The child raises RLIMIT_NOFILE to ``nofile`` (capped at the hard limit when it may not
-    raise it), then, as root, drops to ``identity``'s groups, gid
-    and uid; unprivileged it keeps its ids. Then it sets ``PR_SET_NO_NEW_PRIVS``, the death signal and ``umask``. The new session is
-    made by ``start_new_session`` in the caller.
+    raise it); with ``new_netns`` it moves into a network namespace of its own with only
+    loopback up (this needs root, so it comes before the drop). Then, as root, it drops to
+    ``identity``'s groups, gid and uid; unprivileged it keeps its ids. Last it sets
+    ``PR_SET_NO_NEW_PRIVS``, the death signal and ``umask``. The new session is made by
+    ``start_new_session`` in the caller.
     """
     parent_pid = os.getpid()
     change_ids = os.geteuid() == 0 and identity.uid != 0
 
     def preexec() -> None:
         _raise_nofile(nofile)
+        if new_netns:
+            enter_new_netns()
         if change_ids:
             os.setgroups(list(identity.groups))
             os.setgid(identity.gid)

@@ -1,17 +1,28 @@
-"""The tenant relay over real sockets: a unix socket in front of a loopback TCP backend."""
+"""The tenant relay over real sockets: a unix socket in front of a loopback TCP backend,
+with and without a tenant policy."""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import os
+import re
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 import anyio.abc
+import httptools
+import httpx
 import pytest
 
+from supervisor.config import TenantConfig
+from supervisor.metrics import REGISTRY
+from supervisor.policy import TenantPolicy
 from supervisor.relay import Relay
+
 
 class Gate:
     def __init__(self, ready: bool) -> None:
@@ -63,14 +74,21 @@ class EchoBackend:
                     continue
                 if b"chunked" in head.lower() and not body.endswith(b"0\r\n\r\n"):
                     continue
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length")), 0)
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    ),
+                    0,
+                )
                 if b"chunked" not in head.lower() and len(body) < length:
                     continue
                 self.received.append(data)
                 answer = json.dumps({"head": head.decode(), "body_len": len(body)}).encode()
-                await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
-                                  % (len(answer), answer))
+                await stream.send(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer)
+                )
                 data = b""
 
     async def connect(self) -> anyio.abc.SocketStream:
@@ -111,8 +129,14 @@ async def request(path: Path, raw: bytes) -> bytes:
                     return data
                 if b"\r\n\r\n" in data:
                     head, _, body = data.partition(b"\r\n\r\n")
-                    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                                   if line.lower().startswith(b"content-length")), None)
+                    length = next(
+                        (
+                            int(line.split(b":")[1])
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length")
+                        ),
+                        None,
+                    )
                     if length is not None and len(body) >= length:
                         return data
 
@@ -145,8 +169,10 @@ async def test_host_header_is_rewritten_to_localhost(tmp_path: Path) -> None:
 
 async def test_chunked_request_body_arrives_whole(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_relay(tmp_path, Gate(ready=True))
-    raw = (b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-           b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    raw = (
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
     async with anyio.create_task_group() as tg:
         await tg.start(backend.serve)
         tg.start_soon(relay.serve, sock)
@@ -215,3 +241,408 @@ async def test_malformed_request_gets_400_and_never_reaches_backend(tmp_path: Pa
 
     assert answer.startswith(b"HTTP/1.1 400")
     assert backend.received == []
+
+
+# ---- the tenant policy at the socket ----------------------------------------------------
+
+MODELS = ["janus-pro-7b:latest", "janus-pro-7b-qa:latest", "janus-pro-7b-dev:latest"]
+
+
+def qa_policy(**overrides: object) -> TenantPolicy:
+    cfg = TenantConfig.model_validate(
+        {
+            "user": "janus_qa",
+            "models_dir": "/tmp/none",
+            "socket": "/tmp/none.sock",
+            "variants": [{"name": "janus-pro-7b-qa", "from": "janus-pro-7b"}],
+            "policy": {"operations": ["read", "infer"], "images": False, **overrides},
+        }
+    )
+    return TenantPolicy.from_config("qa", cfg)
+
+
+class _Request:
+    def __init__(self) -> None:
+        self.method = b""
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+
+class ApiBackend:
+    """A small Ollama stand-in that records each request and answers by route.
+
+    ``hold`` keeps the answer to ``POST /api/chat`` back until it is set.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.requests: list[_Request] = []
+        self.arrived = anyio.Event()
+        self.hold: anyio.Event | None = None
+
+    async def serve(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        task_status.started()
+        async with listener:
+            await listener.serve(self._handle)
+
+    async def connect(self) -> anyio.abc.SocketStream:
+        return await anyio.connect_tcp("127.0.0.1", self.port)
+
+    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+        done: list[_Request] = []
+        current = _Request()
+
+        class Collect:
+            def on_url(self, url: bytes) -> None:
+                current.url += url
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                current.headers.append((name, value))
+
+            def on_body(self, body: bytes) -> None:
+                current.body += body
+
+            def on_message_complete(self) -> None:
+                nonlocal current
+                current.method = parser.get_method()
+                done.append(current)
+                current = _Request()
+
+        parser = httptools.HttpRequestParser(Collect())
+        async with stream:
+            while True:
+                try:
+                    parser.feed_data(await stream.receive())
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+                while done:
+                    request = done.pop(0)
+                    self.requests.append(request)
+                    self.arrived.set()
+                    await stream.send(await self._answer(request))
+
+    async def _answer(self, request: _Request) -> bytes:
+        if request.method == b"HEAD":
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n"
+        if request.url == b"/api/tags":
+            body = json.dumps({"models": [{"name": m, "model": m} for m in MODELS]}).encode()
+            return (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            )
+        if request.url == b"/api/chat" and self.hold is not None:
+            await self.hold.wait()
+        body = json.dumps({"url": request.url.decode(), "body_len": len(request.body)}).encode()
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def uds_client(path: Path) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(uds=str(path))
+    return httpx.AsyncClient(transport=transport, base_url="http://ollama.example", timeout=10)
+
+
+def refusals(rule: str) -> float:
+    return (
+        REGISTRY.get_sample_value("janus_policy_refusals_total", {"tenant": "qa", "rule": rule})
+        or 0.0
+    )
+
+
+CHAT = {"model": "janus-pro-7b-qa", "messages": [{"role": "user", "content": "hi"}]}
+WITH_IMAGE = {**CHAT, "messages": [{"role": "user", "content": "hi", "images": ["AAAA"]}]}
+
+
+async def run_policy_relay(tmp_path: Path, policy: TenantPolicy | None = None):  # type: ignore[no-untyped-def]
+    backend = ApiBackend()
+    path = tmp_path / "qa.sock"
+    sock = unix_listener(path)
+    relay = Relay(
+        Gate(ready=True), backend.connect, lambda: 5.0, policy=(lambda: policy) if policy else None
+    )
+    return backend, path, sock, relay
+
+
+async def test_refused_request_never_reaches_backend_and_keeps_the_connection(
+    tmp_path: Path,
+) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    before = refusals("images")
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        async with uds_client(path) as http:
+            refused = await http.post("/api/chat", json=WITH_IMAGE)
+            answered = await http.post("/api/chat", json=CHAT)
+        tg.cancel_scope.cancel()
+
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "error": "tenant qa: images are not allowed (tenants.qa.policy."
+        "images is false); send the request without images"
+    }
+    assert answered.status_code == 200
+    assert [r.url for r in backend.requests] == [b"/api/chat"]
+    assert refusals("images") == before + 1
+
+
+async def test_refusal_is_logged_with_rule_route_and_peer_uid(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        async with uds_client(path) as http:
+            with caplog.at_level(logging.WARNING, logger="supervisor.relay"):
+                await http.request("DELETE", "/api/delete", json={"model": "janus-pro-7b-qa"})
+        tg.cancel_scope.cancel()
+
+    [record] = [r for r in caplog.records if r.name == "supervisor.relay"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith(
+        f"tenant qa: refused DELETE /api/delete from uid {os.getuid()} (rule operation): "
+    )
+    assert record.__dict__["tenant"] == "qa"
+
+
+async def test_allowed_request_arrives_unchanged_but_for_host(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    body = json.dumps(CHAT).encode()
+    raw = (
+        b"POST /api/chat HTTP/1.1\r\nHost: ollama.example\r\nX-Trace: 1\r\n"
+        b"Origin: http://localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        answer = await request(path, raw)
+        tg.cancel_scope.cancel()
+
+    [seen] = backend.requests
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert seen.body == body
+    assert seen.headers == [
+        (b"X-Trace", b"1"),
+        (b"Origin", b"http://localhost"),
+        (b"Content-Length", str(len(body)).encode()),
+        (b"Host", b"localhost"),
+    ]
+
+
+async def test_chunked_inspected_body_is_relayed_whole(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    body = json.dumps(CHAT).encode()
+    raw = (
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (body[:5], len(body) - 5, body[5:])
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        answer = await request(path, raw)
+        tg.cancel_scope.cancel()
+
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert backend.requests[0].body == body
+
+
+async def test_model_list_shows_only_allowed_models(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        async with uds_client(path) as http:
+            tags = await http.get("/api/tags")
+            head = await http.head("/")
+        tg.cancel_scope.cancel()
+
+    assert [m["name"] for m in tags.json()["models"]] == ["janus-pro-7b-qa:latest"]
+    assert tags.headers["content-length"] == str(len(tags.content))
+    assert "transfer-encoding" not in tags.headers
+    assert head.status_code == 200
+
+
+async def test_without_policy_model_list_passes_untouched(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, None)
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        async with uds_client(path) as http:
+            tags = await http.get("/api/tags")
+            refused_elsewhere = await http.post("/api/create", json={"model": "x"})
+        tg.cancel_scope.cancel()
+
+    assert [m["name"] for m in tags.json()["models"]] == MODELS
+    assert refused_elsewhere.status_code == 200
+
+
+async def test_oversized_body_gets_413_and_never_reaches_backend(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy(max_body_bytes=1024))
+    big = {**CHAT, "pad": "x" * 200_000}
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        async with uds_client(path) as http:
+            answer = await http.post("/api/chat", json=big)
+        tg.cancel_scope.cancel()
+
+    assert answer.status_code == 413
+    assert "tenants.qa.policy.max_body_bytes" in answer.json()["error"]
+    assert answer.headers["connection"] == "close"
+    assert backend.requests == []
+
+
+async def test_blob_upload_beyond_its_limit_is_cut_off(tmp_path: Path) -> None:
+    policy = qa_policy(operations=["manage"], max_blob_bytes=100_000)
+    backend, path, sock, relay = await run_policy_relay(tmp_path, policy)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"x" * 65536
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        async with uds_client(path) as http:
+            declared = await http.post("/api/blobs/sha256:00", content=b"x" * 200_000)
+            streamed = await http.post("/api/blobs/sha256:00", content=chunks())
+        tg.cancel_scope.cancel()
+
+    assert declared.status_code == streamed.status_code == 413
+    assert "tenants.qa.policy.max_blob_bytes" in streamed.json()["error"]
+    assert backend.requests == []
+
+
+async def test_requests_in_flight_counts_forwarded_until_answered(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    backend.hold = anyio.Event()
+    seen: list[int] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        async with uds_client(path) as http:
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(functools.partial(http.post, "/api/chat", json=CHAT))
+                await backend.arrived.wait()
+                seen.append(relay.requests_in_flight())
+                backend.hold.set()
+            seen.append(relay.requests_in_flight())
+            await http.head("/")
+            seen.append(relay.requests_in_flight())
+        tg.cancel_scope.cancel()
+
+    assert seen == [1, 0, 0]
+
+
+async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    body = json.dumps(CHAT).encode()
+    chat = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    create = b"POST /api/create HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    head = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        async with await anyio.connect_unix(str(path)) as stream:
+            await stream.send(chat + create + head + chat + last)
+            await stream.send_eof()
+            data = b""
+            with anyio.fail_after(10):
+                while chunk := await receive_or_empty(stream):
+                    data += chunk
+        tg.cancel_scope.cancel()
+
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
+    assert statuses == [b"200", b"403", b"200", b"200", b"200"]
+    assert [r.url for r in backend.requests] == [b"/api/chat", b"/", b"/api/chat", b"/api/version"]
+    assert relay.requests_in_flight() == 0
+
+
+async def receive_or_empty(stream: anyio.abc.SocketStream) -> bytes:
+    try:
+        return await stream.receive()
+    except (anyio.EndOfStream, anyio.BrokenResourceError):
+        return b""
+
+
+async def test_expect_continue_on_inspected_route_is_answered_by_the_relay(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    body = json.dumps(CHAT).encode()
+    head = (
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        async with await anyio.connect_unix(str(path)) as stream:
+            await stream.send(head)
+            with anyio.fail_after(10):
+                interim = await stream.receive()
+                await stream.send(body)
+                final = await stream.receive()
+        tg.cancel_scope.cancel()
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert final.startswith(b"HTTP/1.1 200")
+    assert (b"Expect", b"100-continue") not in backend.requests[0].headers
+
+
+async def test_percent_encoded_route_is_judged_as_decoded(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        async with uds_client(path) as http:
+            answer = await http.post("/api/%63reate", json={"model": "janus-pro-7b-qa"})
+        tg.cancel_scope.cancel()
+
+    assert answer.status_code == 403
+    assert backend.requests == []
+
+
+async def test_broken_chunked_body_gets_400_without_waiting_for_the_server(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, None)
+    raw = (
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\nzz\r\n"
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        answer = await request(path, raw)
+        tg.cancel_scope.cancel()
+
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert relay.requests_in_flight() == 0
+
+
+async def test_absolute_form_target_reaches_the_server_as_a_path(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    raw = b"GET http://ollama:11434/api/version?x=1 HTTP/1.1\r\nHost: ollama\r\n\r\n"
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        answer = await request(path, raw)
+        tg.cancel_scope.cancel()
+
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert [r.url for r in backend.requests] == [b"/api/version?x=1"]
+
+
+async def test_refused_head_request_gets_no_body_and_keeps_the_connection(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(relay.serve, sock)
+        async with uds_client(path) as http:
+            refused = await http.head("/api/blobs/sha256:00")
+            answered = await http.get("/api/version")
+        tg.cancel_scope.cancel()
+
+    assert refused.status_code == 403 and refused.content == b""
+    assert answered.status_code == 200 and answered.json()["url"] == "/api/version"

@@ -15,6 +15,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -32,7 +33,9 @@ from supervisor import cli
 from supervisor.config import DEFAULT_CONTROL_SOCKET, ControlConfig
 from supervisor.control import ControlServer
 from supervisor.control import server as control_server
-from supervisor.errors import SpawnError
+from supervisor.errors import ConfigError, ConfigProblem, SpawnError
+from supervisor.logs import LogFollower
+from supervisor.reload import Action, ReloadPlan, TenantChange
 from supervisor.sockets import bind_unix_socket
 from supervisor.status import DaemonStatus, TenantState, TenantStatus
 
@@ -67,6 +70,12 @@ class FakeAPI:
         self.action_state = TenantState.STARTING
         self.waiting = asyncio.Event()
         self._ready = {name: asyncio.Event() for name in self.tenants}
+        self.log_lines = [f"2026-01-01T00:00:00 line {n}" for n in range(5)]
+        self.followers: list[LogFollower] = []
+        self.following = asyncio.Event()
+        self.reload_error: Exception | None = None
+        self.reload_failure: str | None = None
+        self.rebuild_state = TenantState.READY
 
     def daemon_status(self) -> DaemonStatus:
         return DaemonStatus(version="9.9.9", pid=4242, tenants=list(self.tenants.values()))
@@ -102,6 +111,50 @@ class FakeAPI:
 
     async def restart_tenant(self, name: str) -> TenantStatus:
         return await self._act("restart", name)
+
+    async def rebuild_tenant(self, name: str, variant: str | None) -> TenantStatus:
+        self.calls.append(("rebuild", f"{name}:{variant}"))
+        if self.action_error is not None:
+            raise self.action_error
+        if variant not in (None, f"janus-pro-7b-{name}"):
+            raise LookupError(f"tenant {name} has no variant {variant!r}")
+        update = {"state": self.rebuild_state, "ready": self.rebuild_state is TenantState.READY,
+                  "last_error": "variant janus-pro-7b-dev: base model janus-pro-7b is missing"}
+        return self.tenants[name].model_copy(update=update)
+
+    async def reload(self, dry_run: bool) -> ReloadPlan:
+        self.calls.append(("reload", str(dry_run)))
+        if self.reload_error is not None:
+            raise self.reload_error
+        changes = [
+            TenantChange(tenant="dev", action=Action.APPLY, reasons=["probe_period_s 10.0 -> 2.0"]),
+            TenantChange(tenant="prod", action=Action.REBUILD, variants=["prod-v"],
+                         reasons=["variant prod-v changed (parameters)"]),
+            TenantChange(tenant="qa", action=Action.START, reasons=["new tenant"]),
+        ]
+        plan = ReloadPlan(source="/etc/janus.yaml", dry_run=dry_run, changes=changes)
+        if not dry_run:
+            for change in plan.changes:
+                change.ok, change.result = True, "done"
+            if self.reload_failure:
+                changes[2].ok, changes[2].result = False, self.reload_failure
+            plan.applied, plan.ok = True, not self.reload_failure
+        return plan
+
+    def tenant_logs(self, name: str, lines: int) -> list[str]:
+        self.tenants[name]
+        return self.log_lines[-lines:] if lines else []
+
+    @contextlib.contextmanager
+    def follow_logs(self, name: str, lines: int) -> Iterator[LogFollower]:
+        self.tenants[name]
+        follower = LogFollower(self.log_lines[-lines:] if lines else [])
+        self.followers.append(follower)
+        self.following.set()
+        yield follower
+
+    def reopen_logs(self) -> list[str]:
+        return ["/var/log/janus-supervisor/dev.log"]
 
     async def wait_ready(self, name: str, timeout_s: float) -> TenantStatus:
         self.waiting.set()
@@ -605,3 +658,261 @@ async def test_status_wall_time(
             f"\n[janus-supervisorctl status wall time: best {min(samples):.1f} ms, "
             f"median {statistics.median(samples):.1f} ms over {len(samples)} runs]"
         )
+
+
+# -- reload, logs, rebuild, reopen-logs (issue 6) ----------------------------------------------
+
+
+async def test_reload_dry_run_prints_the_plan(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    run = await ctl(server.path, "reload", "--dry-run")
+
+    assert run.code == 0
+    assert run.out.splitlines() == [
+        "dry run of /etc/janus.yaml: nothing was changed",
+        "TENANT  ACTION   CHANGES",
+        "dev     apply    probe_period_s 10.0 -> 2.0",
+        "prod    rebuild  variant prod-v changed (parameters)",
+        "qa      start    new tenant",
+    ]
+    assert api.calls == [("reload", "True")]
+
+
+async def test_reload_prints_each_result(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    run = await ctl(server.path, "reload")
+
+    assert run.code == 0
+    assert run.out.splitlines()[0].split() == ["TENANT", "ACTION", "RESULT", "CHANGES"]
+    assert run.out.splitlines()[1].split()[:3] == ["dev", "apply", "ok"]
+
+
+async def test_reload_with_a_failed_step_exits_1(serve: Serve, api: FakeAPI) -> None:
+    api.reload_failure = "tenant qa: user janus_qa does not exist"
+    server = await serve(api)
+
+    run = await ctl(server.path, "reload")
+
+    assert run.code == 1
+    assert run.out.splitlines()[-1].split(None, 3) == [
+        "qa", "start", "FAILED", "new tenant => tenant qa: user janus_qa does not exist"]
+    assert one_line(run.err) == f"{PROG}: reload: 1 of 3 tenants failed (qa); see the table above"
+
+
+async def test_reload_of_an_invalid_file_prints_every_problem_and_exits_1(
+    serve: Serve, api: FakeAPI
+) -> None:
+    api.reload_error = ConfigError([
+        ConfigProblem("/etc/janus.yaml", "tenants.dev.probe_period_s", "-1 must be > 0", 12),
+        ConfigProblem("/etc/janus.yaml", "tenants.qa.user", "'root' is not allowed", 20),
+    ])
+    server = await serve(api)
+
+    run = await ctl(server.path, "reload")
+
+    assert (run.code, run.out) == (1, "")
+    assert run.err.splitlines() == [
+        f"{PROG}: /etc/janus.yaml:12: tenants.dev.probe_period_s: -1 must be > 0",
+        f"{PROG}: /etc/janus.yaml:20: tenants.qa.user: 'root' is not allowed",
+        (f"{PROG}: the configuration has 2 problem(s); nothing was changed. "
+         "Fix them and reload again"),
+    ]
+
+
+async def test_reload_json_is_the_daemon_document(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    run = await ctl(server.path, "reload", "--dry-run", "--json")
+
+    assert json.loads(run.out)["changes"][1]["variants"] == ["prod-v"]
+
+
+async def test_logs_prints_the_last_lines(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    run = await ctl(server.path, "logs", "dev", "-n", "2")
+
+    assert (run.code, run.out.splitlines()) == (0, api.log_lines[-2:])
+
+
+async def test_logs_json(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    run = await ctl(server.path, "logs", "dev", "-n", "1", "--json")
+
+    assert json.loads(run.out) == {"tenant": "dev", "lines": api.log_lines[-1:]}
+
+
+async def test_logs_of_an_unknown_tenant_exits_2(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    run = await ctl(server.path, "logs", "prod", "-f")
+
+    assert run.code == 2
+    assert one_line(run.err).startswith(f"{PROG}: no tenant named 'prod'")
+
+
+async def start_follow(server: ControlServer, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "supervisor.cli", "--socket", server.path, "logs", "dev", *args,
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_logs_follow_prints_new_lines_until_ctrl_c(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+    process = await start_follow(server, "-n", "1", "-f")
+    assert process.stdout is not None
+
+    async with asyncio.timeout(20):
+        first = await process.stdout.readline()
+        api.followers[0].push("a new line")
+        second = await process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        _, err = await process.communicate()
+
+    assert (first.decode(), second.decode()) == (api.log_lines[-1] + "\n", "a new line\n")
+    assert (process.returncode, err) == (0, b"")
+
+
+async def test_logs_follow_ends_with_a_note_when_the_daemon_stops(
+    serve: Serve, api: FakeAPI
+) -> None:
+    server = await serve(api)
+    process = await start_follow(server, "-n", "0", "-f")
+
+    async with asyncio.timeout(20):
+        await api.following.wait()
+        await server.close()
+        _, err = await process.communicate()
+
+    assert process.returncode == 0
+    assert "the daemon ended the stream of dev" in one_line(err.decode())
+
+
+async def test_rebuild_reports_the_ready_tenant(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    run = await ctl(server.path, "rebuild", "dev", "janus-pro-7b-dev")
+
+    assert (run.code, run.out) == (0, "dev: rebuilt janus-pro-7b-dev (ready, pid 2003)\n")
+    assert api.calls == [("rebuild", "dev:janus-pro-7b-dev")]
+
+
+async def test_rebuild_that_leaves_the_tenant_degraded_exits_1(serve: Serve, api: FakeAPI) -> None:
+    api.rebuild_state = TenantState.DEGRADED
+    server = await serve(api)
+
+    run = await ctl(server.path, "rebuild", "dev")
+
+    assert run.code == 1
+    assert one_line(run.err) == (
+        f"{PROG}: dev: rebuild of every variant left it degraded: variant janus-pro-7b-dev: "
+        "base model janus-pro-7b is missing"
+    )
+
+
+@pytest.mark.parametrize(("variant", "code"), [("nope", 2), ("../etc", 2)])
+async def test_rebuild_of_an_unknown_variant_is_a_usage_error(
+    serve: Serve, api: FakeAPI, variant: str, code: int
+) -> None:
+    server = await serve(api)
+
+    run = await ctl(server.path, "rebuild", "dev", variant)
+
+    assert run.code == code
+    one_line(run.err)
+
+
+async def test_rebuild_refused_by_the_daemon_exits_1(serve: Serve, api: FakeAPI) -> None:
+    api.action_error = SpawnError("tenant dev is backoff; rebuild needs a running server")
+    server = await serve(api)
+
+    run = await ctl(server.path, "rebuild", "dev")
+
+    assert run.code == 1
+    assert one_line(run.err) == (
+        f"{PROG}: tenant dev is backoff; rebuild needs a running server"
+    )
+
+
+async def test_reopen_logs_names_the_files(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    run = await ctl(server.path, "reopen-logs")
+
+    assert (run.code, run.out) == (0, "reopened /var/log/janus-supervisor/dev.log\n")
+
+
+async def test_version_json(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    run = await ctl(server.path, "version", "--json")
+
+    assert json.loads(run.out) == {"cli": "0.1.0", "daemon": "9.9.9", "pid": 4242}
+
+
+@pytest.mark.parametrize("command", ["status", "ready", "start", "stop", "restart", "reload",
+                                     "logs", "rebuild", "version", "reopen-logs"])
+def test_every_command_has_json_output(command: str) -> None:
+    assert any(p.name == "as_json" for p in cli.cli.commands[command].params)
+
+
+# -- the click-free status path (issue 6: status under 60 ms) ----------------------------------
+
+CLICK_STATUS = (
+    "import sys; from supervisor.cli_commands import cli; "
+    "cli.main(args=sys.argv[1:], prog_name='janus-supervisorctl')"
+)
+
+
+async def run_python(code: str, *args: str) -> Run:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, *args, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return Run(process.returncode, out.decode(), err.decode())
+
+
+async def test_plain_status_does_not_import_click(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+    code = ("import sys; from supervisor import cli; "
+            "rc = cli.fast_status(sys.argv[1:]); print('click' in sys.modules, rc)")
+
+    run = await run_python(code, "--socket", server.path, "status")
+
+    assert run.out.splitlines()[-1] == "False 4"
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "dev"], ["status", "--json"],
+                                  ["status", "qa", "dev", "--json"], ["status", "prod"]])
+async def test_fast_status_answers_like_the_click_command(
+    serve: Serve, api: FakeAPI, args: list[str]
+) -> None:
+    server = await serve(api)
+
+    fast = await ctl(server.path, *args)
+    slow = await run_python(CLICK_STATUS, "--socket", server.path, *args)
+
+    assert (fast.code, fast.out, fast.err) == (slow.code, slow.out, slow.err)
+
+
+@pytest.mark.parametrize("args", [["status", "--help"], ["status", "-x"], ["status", "Dev"],
+                                  ["version"], []])
+def test_other_command_lines_go_to_click(args: list[str]) -> None:
+    assert cli.fast_status(["--socket", "/nonexistent", *args]) is None
+
+
+async def test_fast_status_takes_the_socket_from_the_environment(
+    serve: Serve, api: FakeAPI
+) -> None:
+    server = await serve(api)
+
+    run = await ctl(None, "status", "dev", env={cli.SOCKET_ENV: server.path})
+
+    assert run.code == 0

@@ -28,7 +28,9 @@ import pytest
 
 from supervisor.config import ControlConfig
 from supervisor.control import ControlServer, open_control_socket
-from supervisor.errors import ControlError, SpawnError
+from supervisor.errors import ConfigError, ConfigProblem, ControlError, SpawnError
+from supervisor.logs import RING_LINES, LogFollower
+from supervisor.reload import Action, ReloadPlan, TenantChange
 from supervisor.sockets import bind_unix_socket
 from supervisor.status import DaemonStatus, TenantState, TenantStatus
 
@@ -59,6 +61,9 @@ class FakeAPI:
         self.action_error: Exception | None = None
         self.waiting = asyncio.Event()
         self._became_ready = {name: asyncio.Event() for name in self.tenants}
+        self.log_lines = [f"2026-01-01T00:00:0{n} line {n}" for n in range(5)]
+        self.followers: set[LogFollower] = set()
+        self.reload_error: Exception | None = None
 
     def daemon_status(self) -> DaemonStatus:
         return DaemonStatus(version="9.9.9", pid=4242, tenants=list(self.tenants.values()))
@@ -93,6 +98,40 @@ class FakeAPI:
 
     async def restart_tenant(self, name: str) -> TenantStatus:
         return await self._act("restart", name, TenantState.STARTING)
+
+    async def rebuild_tenant(self, name: str, variant: str | None) -> TenantStatus:
+        self.calls.append(("rebuild", name, variant))
+        if self.action_error is not None:
+            raise self.action_error
+        if variant not in (None, f"{name}-v"):
+            raise LookupError(f"tenant {name} has no variant {variant!r}")
+        return self.tenants[name]
+
+    async def reload(self, dry_run: bool) -> ReloadPlan:
+        self.calls.append(("reload", dry_run))
+        if self.reload_error is not None:
+            raise self.reload_error
+        change = TenantChange(tenant="dev", action=Action.APPLY, reasons=["probe_period_s 2"])
+        return ReloadPlan(source="janus.yaml", dry_run=dry_run, changes=[change])
+
+    def tenant_logs(self, name: str, lines: int) -> list[str]:
+        self.calls.append(("logs", name, lines))
+        self.tenants[name]  # KeyError for an unknown tenant, as the daemon
+        return self.log_lines[-lines:] if lines else []
+
+    @contextlib.contextmanager
+    def follow_logs(self, name: str, lines: int) -> Iterator[LogFollower]:
+        self.tenants[name]  # KeyError for an unknown tenant, as the daemon
+        follower = LogFollower(self.log_lines[-lines:] if lines else [])
+        self.followers.add(follower)
+        try:
+            yield follower
+        finally:
+            self.followers.discard(follower)
+
+    def reopen_logs(self) -> list[str]:
+        self.calls.append(("reopen",))
+        return [f"/var/log/janus-supervisor/{name}.log" for name in self.tenants]
 
     async def wait_ready(self, name: str, timeout_s: float) -> TenantStatus:
         self.calls.append(("wait_ready", name, timeout_s))
@@ -209,7 +248,7 @@ async def test_unknown_tenant_is_404_naming_it(serve: Serve, api: FakeAPI) -> No
 
 @pytest.mark.parametrize(
     "target",
-    ["/", "/v1", "/v1/status/", "/v1/tenants", "/v1/reload", "/metrics", "/v1/tenants/dev/x"],
+    ["/", "/v1", "/v1/status/", "/v1/tenants", "/v1/reloads", "/metric", "/v1/tenants/dev/x"],
 )
 async def test_unknown_route_is_404_json(serve: Serve, api: FakeAPI, target: str) -> None:
     server = await serve(api)
@@ -228,6 +267,9 @@ async def test_unknown_route_is_404_json(serve: Serve, api: FakeAPI, target: str
         ("DELETE", "/v1/tenants/dev", "GET"),
         ("GET", "/v1/tenants/dev/restart", "POST"),
         ("PUT", "/v1/tenants/dev/stop", "POST"),
+        ("GET", "/v1/reload", "POST"),
+        ("POST", "/metrics", "GET"),
+        ("POST", "/v1/tenants/dev/logs", "GET"),
     ],
 )
 async def test_wrong_method_is_405_json(
@@ -791,3 +833,283 @@ async def test_uid_without_passwd_entry_is_refused(
 
     assert reply.status == 403
     assert reply.body["error"].startswith("uid 54321 may not read the status")
+
+
+# -- operator routes: logs, reload, rebuild, metrics (issue 6) ------------------------------
+
+
+async def open_stream(server: ControlServer, target: str) -> tuple[asyncio.StreamReader,
+                                                                   asyncio.StreamWriter, str]:
+    """Send a GET and read the reply head; returns the open connection and the head."""
+    reader, writer = await asyncio.open_unix_connection(server.path)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    return reader, writer, head.decode()
+
+
+async def next_chunk(reader: asyncio.StreamReader) -> list[Any] | None:
+    """The NDJSON records of the next chunk of a chunked body; None at its last chunk."""
+    async with asyncio.timeout(5):
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            return None
+        data = await reader.readexactly(size + 2)
+    return [json.loads(line) for line in data[:-2].decode().splitlines()]
+
+
+async def test_logs_returns_the_last_lines(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    reply = await request(server, "GET", "/v1/tenants/dev/logs?lines=2")
+
+    assert reply.status == 200
+    assert reply.body == {"tenant": "dev", "lines": api.log_lines[-2:]}
+
+
+@pytest.mark.parametrize(("query", "lines"), [("", 100), ("?lines=0", 0), ("?lines=999999", RING_LINES)])
+async def test_logs_lines_default_and_cap(
+    serve: Serve, api: FakeAPI, query: str, lines: int
+) -> None:
+    server = await serve(api)
+
+    await request(server, "GET", f"/v1/tenants/dev/logs{query}")
+
+    assert api.calls == [("logs", "dev", lines)]
+
+
+@pytest.mark.parametrize("query", ["?lines=-1", "?lines=ten", "?follow=maybe"])
+async def test_logs_with_a_bad_query_is_400(serve: Serve, api: FakeAPI, query: str) -> None:
+    server = await serve(api)
+
+    reply = await request(server, "GET", f"/v1/tenants/dev/logs{query}")
+
+    assert reply.status == 400
+
+
+async def test_logs_of_an_unknown_tenant_is_404(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    reply = await request(server, "GET", "/v1/tenants/prod/logs?follow=1")
+
+    assert reply.status == 404
+
+
+async def test_follow_streams_backlog_then_new_lines(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    reader, writer, head = await open_stream(server, "/v1/tenants/dev/logs?lines=1&follow=1")
+    first = await next_chunk(reader)
+    [follower] = api.followers
+    follower.push("fresh line")
+    second = await next_chunk(reader)
+    writer.close()
+
+    assert "transfer-encoding: chunked" in head.lower()
+    assert "application/x-ndjson" in head
+    assert (first, second) == ([{"line": api.log_lines[-1]}], [{"line": "fresh line"}])
+
+
+async def test_follow_ends_when_the_client_leaves(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+    _, writer, _ = await open_stream(server, "/v1/tenants/dev/logs?lines=0&follow=1")
+    assert len(api.followers) == 1
+
+    writer.close()
+    await writer.wait_closed()
+
+    async with asyncio.timeout(5):
+        while api.followers:
+            await asyncio.sleep(0.01)
+
+
+async def test_follow_reports_dropped_lines(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+    reader, writer, _ = await open_stream(server, "/v1/tenants/dev/logs?lines=0&follow=1")
+    [follower] = api.followers
+    follower.dropped = 3
+    follower.push("after a gap")
+
+    records = await next_chunk(reader)
+    writer.close()
+
+    assert records == [{"dropped": 3}, {"line": "after a gap"}]
+
+
+async def test_closing_the_server_ends_follow_streams(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+    reader, writer, _ = await open_stream(server, "/v1/tenants/dev/logs?lines=0&follow=1")
+
+    async with asyncio.timeout(3):  # well under the shutdown timeout of 5 s
+        await server.close()
+        end = await next_chunk(reader)
+    writer.close()
+
+    assert end is None
+
+
+@pytest.mark.parametrize(("query", "dry_run"), [("", False), ("?dry_run=1", True)])
+async def test_reload_returns_the_plan(
+    serve: Serve, api: FakeAPI, query: str, dry_run: bool
+) -> None:
+    server = await serve(api)
+
+    reply = await request(server, "POST", f"/v1/reload{query}")
+
+    assert reply.status == 200
+    assert reply.body["dry_run"] is dry_run
+    assert reply.body["changes"][0]["action"] == "apply"
+    assert api.calls == [("reload", dry_run)]
+
+
+async def test_invalid_config_is_422_listing_every_problem(
+    serve: Serve, api: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.reload_error = ConfigError([
+        ConfigProblem("/etc/j.yaml", "tenants.dev.probe_period_s", "-1 must be > 0", 12),
+        ConfigProblem("/etc/j.yaml", "tenants.qa.user", "'root' cannot be a tenant user", 20),
+    ])
+    server = await serve(api)
+
+    reply = await request(server, "POST", "/v1/reload")
+
+    assert reply.status == 422
+    assert reply.body["problems"] == [
+        "/etc/j.yaml:12: tenants.dev.probe_period_s: -1 must be > 0",
+        "/etc/j.yaml:20: tenants.qa.user: 'root' cannot be a tenant user",
+    ]
+    assert reply.body["error"].startswith("the configuration has 2 problem(s); nothing was changed")
+    assert any(r.levelno == logging.ERROR and "tenants.qa.user" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize(("query", "variant"), [("", None), ("?variant=dev-v", "dev-v")])
+async def test_rebuild_passes_the_variant(
+    serve: Serve, api: FakeAPI, query: str, variant: str | None
+) -> None:
+    server = await serve(api)
+
+    reply = await request(server, "POST", f"/v1/tenants/dev/rebuild{query}")
+
+    assert reply.status == 200
+    assert api.calls == [("rebuild", "dev", variant)]
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "error"),
+    [
+        ("?variant=other", 404, "tenant dev has no variant 'other'"),
+        ("?variant=..%2Fx", 400, "variant='../x' is not a model name"),
+    ],
+)
+async def test_rebuild_of_a_wrong_variant_is_refused(
+    serve: Serve, api: FakeAPI, query: str, status: int, error: str
+) -> None:
+    server = await serve(api)
+
+    reply = await request(server, "POST", f"/v1/tenants/dev/rebuild{query}")
+
+    assert (reply.status, reply.body["error"]) == (status, error)
+
+
+async def test_rebuild_of_a_stopped_tenant_is_409(serve: Serve, api: FakeAPI) -> None:
+    api.action_error = SpawnError("tenant dev is stopped; rebuild needs a running server")
+    server = await serve(api)
+
+    reply = await request(server, "POST", "/v1/tenants/dev/rebuild")
+
+    assert reply.status == 409
+    assert "rebuild needs a running server" in reply.body["error"]
+
+
+async def test_metrics_is_prometheus_text(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+    connector = aiohttp.UnixConnector(path=server.path)
+
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get("http://localhost/metrics") as response,
+    ):
+        text = await response.text()
+
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    assert "# TYPE janus_reloads_total counter" in text
+
+
+async def test_reopen_logs_names_every_file(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+
+    reply = await request(server, "POST", "/v1/logs/reopen")
+
+    assert reply.body == {"reopened": ["/var/log/janus-supervisor/dev.log",
+                                       "/var/log/janus-supervisor/qa.log"]}
+
+
+async def test_reload_can_change_the_socket_mode_in_place(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api, mode=0o600)
+
+    server.apply_control(ControlConfig(socket=Path(server.path), mode=0o660))
+
+    assert os.stat(server.path).st_mode & 0o777 == 0o660
+
+
+STATUS_CLIENT = r"""
+import socket, sys
+method, target, path = sys.argv[1:4]
+sock = socket.socket(socket.AF_UNIX)
+sock.settimeout(10)
+sock.connect(path)
+sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+             "Connection: close\r\n\r\n".encode())
+print(sock.recv(64).split()[1].decode())
+"""
+
+
+async def status_as(account: Account, server: ControlServer, method: str, target: str) -> int:
+    """Only the status code of a request sent as ``account`` (the body may not be JSON)."""
+    process = await asyncio.create_subprocess_exec(
+        SYSTEM_PYTHON, "-I", "-c", STATUS_CLIENT, method, target, server.path,
+        user=account.uid, group=account.gid, extra_groups=account.groups, cwd="/",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(20):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return int(out)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("who", "method", "target", "status"),
+    [
+        ("stranger", "GET", "/v1/tenants/dev/logs", 403),
+        ("stranger", "GET", "/metrics", 403),
+        ("stranger", "POST", "/v1/reload?dry_run=1", 403),
+        ("stranger", "POST", "/v1/tenants/dev/rebuild", 403),
+        ("stranger", "POST", "/v1/logs/reopen", 403),
+        ("tenant_user", "GET", "/v1/tenants/dev/logs", 200),
+        ("tenant_user", "GET", "/v1/tenants/qa/logs", 403),
+        ("tenant_user", "GET", "/metrics", 403),
+        ("tenant_user", "POST", "/v1/tenants/dev/rebuild", 403),
+        ("reader", "GET", "/v1/tenants/qa/logs", 200),
+        ("reader", "GET", "/metrics", 200),
+        ("reader", "POST", "/v1/reload", 403),
+        ("admin", "POST", "/v1/reload", 200),
+        ("admin", "POST", "/v1/tenants/qa/rebuild", 200),
+    ],
+)
+async def test_who_may_use_the_operator_routes(
+    guarded: tuple[ControlServer, FakeAPI],
+    accounts: Accounts,
+    who: str,
+    method: str,
+    target: str,
+    status: int,
+) -> None:
+    server, fake = guarded
+
+    got = await status_as(getattr(accounts, who), server, method, target)
+
+    assert got == status
+    if status == 403:
+        assert [c for c in fake.calls if c[0] != "logs"] == []

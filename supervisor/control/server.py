@@ -10,12 +10,26 @@ GET      /v1/tenants/{name}/ready        TenantStatus; 200 when ready, else 503;
 POST     /v1/tenants/{name}/start        TenantStatus once the server is spawned
 POST     /v1/tenants/{name}/stop         TenantStatus once no process of the tenant is left
 POST     /v1/tenants/{name}/restart      TenantStatus once the new server is spawned
+POST     /v1/tenants/{name}/rebuild      TenantStatus once its variants (or ``?variant=V``)
+                                         are re-created on the running server
+GET      /v1/tenants/{name}/logs         LogLines: the last ``?lines=N`` (default 100) lines;
+                                         with ``?follow=1`` NDJSON ``{"line": ...}`` chunks,
+                                         old lines then new ones, until the client leaves
+POST     /v1/reload                      ReloadPlan once applied; ``?dry_run=1`` plans only;
+                                         422 with ``problems`` for an invalid file
+POST     /v1/logs/reopen                 ``{"reopened": [paths]}`` (for logrotate)
+GET      /metrics                        Prometheus text of ``supervisor.metrics.REGISTRY``
 =======  ==============================  =======================================================
 
 Every other route is 404, a wrong method 405; errors are ``{"error": "..."}``. The caller is
 the uid the kernel reports for the connection (``SO_PEERCRED``): root and members of
 ``control.admin_group`` may do everything, members of ``control.read_group`` may read every
-tenant, a tenant's own user may read that tenant; anything else is 403 and a WARNING with the uid.
+tenant, a tenant's own user may read that tenant (status, readiness, logs); ``/metrics`` needs
+read access to every tenant; anything else is 403 and a WARNING with the uid. Actions (start,
+stop, restart, rebuild, reload, reopen) need admin.
+
+When a client leaves, its request's task is cancelled (that is how a ``logs?follow=1`` stream
+ends); the daemon finishes reloads and rebuilds on its own.
 
 No route needs a body: bodies are capped at 64 KiB and must arrive within the request timeout,
 headers likewise (aiohttp's keep-alive timer also bounds a connection that has not sent a whole
@@ -41,8 +55,10 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from supervisor.config import ControlConfig
-from supervisor.control.api import SupervisorAPI
-from supervisor.errors import ControlError, SupervisorError
+from supervisor.control.api import LogLines, LogStream, SupervisorAPI
+from supervisor.control.metrics_http import metrics_response
+from supervisor.errors import ConfigError, ControlError, SupervisorError
+from supervisor.logs import RING_LINES
 from supervisor.sockets import BoundSocket, bind_unix_socket, peer_credentials
 
 log = logging.getLogger(__name__)
@@ -50,9 +66,13 @@ log = logging.getLogger(__name__)
 TENANT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 MAX_BODY_BYTES = 64 * 1024
 MAX_WAIT_S = 300.0
+DEFAULT_LOG_LINES = 100
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,199}")
 ROUTES_HELP = (
     "GET /v1/status, GET /v1/tenants/{name}, GET /v1/tenants/{name}/ready[?wait=S], "
-    "POST /v1/tenants/{name}/start|stop|restart"
+    "GET /v1/tenants/{name}/logs[?lines=N&follow=1], "
+    "POST /v1/tenants/{name}/start|stop|restart|rebuild[?variant=V], "
+    "POST /v1/reload[?dry_run=1], POST /v1/logs/reopen, GET /metrics"
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -120,6 +140,7 @@ class ControlServer:
         self._request_timeout_s = request_timeout_s
         self._shutdown_timeout_s = shutdown_timeout_s
         self._runner: web.AppRunner | None = None
+        self._streams: set[LogStream] = set()
 
     @property
     def path(self) -> str:
@@ -138,6 +159,8 @@ class ControlServer:
         runner = web.AppRunner(
             self._make_app(),
             handle_signals=False,
+            # A client that leaves cancels its request: the end of a `logs -f` stream.
+            handler_cancellation=True,
             access_log=None,
             shutdown_timeout=self._shutdown_timeout_s,
             # The keep-alive timer also runs from accept until a request's headers are in:
@@ -159,7 +182,9 @@ class ControlServer:
         log.info("control: serving on %s", self.path)
 
     async def close(self) -> None:
-        """Stop serving, close the socket and remove its path."""
+        """Stop serving, close the socket and remove its path; end every log stream first."""
+        for stream in list(self._streams):
+            stream.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -188,7 +213,30 @@ class ControlServer:
         app.router.add_post("/v1/tenants/{name}/start", self._action("start"))
         app.router.add_post("/v1/tenants/{name}/stop", self._action("stop"))
         app.router.add_post("/v1/tenants/{name}/restart", self._action("restart"))
+        app.router.add_post("/v1/tenants/{name}/rebuild", self._rebuild)
+        app.router.add_get("/v1/tenants/{name}/logs", self._logs, allow_head=False)
+        app.router.add_post("/v1/reload", self._reload)
+        app.router.add_post("/v1/logs/reopen", self._reopen_logs)
+        app.router.add_get("/metrics", self._metrics, allow_head=False)
         return app
+
+    def apply_control(self, control: ControlConfig) -> None:
+        """Take access settings from a reload: groups at once, socket mode and group in place.
+
+        A new ``control.socket`` path needs a daemon restart (the reload plan says so).
+        """
+        old, self._control = self._control, control
+        if (old.mode, old.group) == (control.mode, control.group):
+            return
+        gid = _group_gid(control.group) if control.group else os.getegid()
+        try:
+            if not self._bound.is_published():
+                raise FileNotFoundError(f"{self.path} is no longer the daemon's socket")
+            os.chown(self._bound.path, -1, -1 if gid is None else gid, follow_symlinks=False)
+            os.chmod(self._bound.path, control.mode)
+        except OSError as exc:
+            log.warning("control: cannot apply mode %04o and group %s to %s (%s); restart the "
+                        "daemon to apply them", control.mode, control.group, self.path, exc)
 
     # -- middlewares ---------------------------------------------------------------------
 
@@ -260,6 +308,49 @@ class ControlServer:
             raise self._unknown(name) from None
         return _json(status, status=200 if status.ready else 503)
 
+    async def _logs(self, request: web.Request) -> web.StreamResponse:
+        name = self._authorize_read(request)
+        lines = _parse_lines(request.query.getall("lines", []))
+        follow = _parse_flag("follow", request.query.getall("follow", []))
+        try:
+            if follow:
+                stream = self._api.follow_logs(name, lines)
+            else:
+                return _json(LogLines(tenant=name, lines=self._api.tenant_logs(name, lines)))
+        except KeyError:
+            raise self._unknown(name) from None
+        with stream as follower:
+            return await self._stream_lines(request, follower)
+
+    async def _stream_lines(self, request: web.Request, stream: LogStream) -> web.StreamResponse:
+        """NDJSON ``{"line": ...}`` chunks until the stream ends or the client leaves."""
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        response.enable_chunked_encoding()
+        self._streams.add(stream)
+        try:
+            await response.prepare(request)
+            dropped = 0
+            while (batch := await stream.next_lines()) is not None:
+                records: list[dict[str, object]] = [{"line": line} for line in batch]
+                if stream.dropped > dropped:
+                    records.insert(0, {"dropped": stream.dropped - dropped})
+                    dropped = stream.dropped
+                await response.write("".join(json.dumps(r) + "\n" for r in records).encode())
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client left between two lines
+        finally:
+            self._streams.discard(stream)
+        return response
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        caller = self._identify(request)
+        if not caller.is_reader:
+            groups = [g for g in (self._control.admin_group, self._control.read_group) if g]
+            who = ", ".join(["root", *(f"group {g}" for g in groups)])
+            raise _forbidden(caller, "read /metrics", f"needs read access to every tenant ({who})")
+        return metrics_response()
+
     def _authorize_read(self, request: web.Request) -> str:
         name = _tenant_name(request)
         caller = self._identify(request)
@@ -279,20 +370,7 @@ class ControlServer:
         act = actions[verb]
 
         async def handle(request: web.Request) -> web.Response:
-            name = _tenant_name(request)
-            caller = self._identify(request)
-            if not caller.is_admin:
-                needs = f"needs admin ({self._admin_desc()})"
-                raise _forbidden(caller, f"{verb} tenant {name}", needs)
-            self._require_tenant(name)
-            log.info(
-                "tenant %s: %s requested by uid %d (pid %d) on the control socket",
-                name,
-                verb,
-                caller.uid,
-                caller.pid,
-                extra={"tenant": name, "uid": caller.uid},
-            )
+            name = self._authorize_action(request, verb)
             try:
                 status = await act(name)
             except KeyError:
@@ -302,6 +380,61 @@ class ControlServer:
             return _json(status)
 
         return handle
+
+    def _authorize_action(self, request: web.Request, verb: str) -> str:
+        """Name of the tenant an admin acts on; the request is logged with the caller's uid."""
+        name = _tenant_name(request)
+        caller = self._require_admin(request, f"{verb} tenant {name}")
+        self._require_tenant(name)
+        log.info(
+            "tenant %s: %s requested by uid %d (pid %d) on the control socket",
+            name,
+            verb,
+            caller.uid,
+            caller.pid,
+            extra={"tenant": name, "uid": caller.uid},
+        )
+        return name
+
+    def _require_admin(self, request: web.Request, what: str) -> Caller:
+        caller = self._identify(request)
+        if not caller.is_admin:
+            raise _forbidden(caller, what, f"needs admin ({self._admin_desc()})")
+        return caller
+
+    async def _rebuild(self, request: web.Request) -> web.Response:
+        variant = _parse_variant(request.query.getall("variant", []))
+        name = self._authorize_action(request, "rebuild" + (f" {variant}" if variant else ""))
+        try:
+            status = await self._api.rebuild_tenant(name, variant)
+        except KeyError:
+            raise self._unknown(name) from None
+        except LookupError as exc:
+            raise _Refusal(404, str(exc.args[0] if exc.args else exc)) from None
+        except SupervisorError as exc:
+            raise _Refusal(409, str(exc)) from exc
+        return _json(status)
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        dry_run = _parse_flag("dry_run", request.query.getall("dry_run", []))
+        what = "reload the configuration" + (" (dry run)" if dry_run else "")
+        caller = self._require_admin(request, what)
+        log.info("control: %s requested by uid %d (pid %d)", what, caller.uid, caller.pid,
+                 extra={"uid": caller.uid})
+        try:
+            plan = await self._api.reload(dry_run)
+        except ConfigError as exc:
+            return _invalid_config(exc)
+        except SupervisorError as exc:
+            raise _Refusal(409, str(exc)) from exc
+        return _json(plan)
+
+    async def _reopen_logs(self, request: web.Request) -> web.Response:
+        caller = self._require_admin(request, "reopen the log files")
+        paths = self._api.reopen_logs()
+        log.info("control: log files reopened for uid %d (pid %d): %d files", caller.uid,
+                 caller.pid, len(paths), extra={"uid": caller.uid})
+        return web.json_response({"reopened": paths})
 
     # -- identity and rights -------------------------------------------------------------
 
@@ -394,6 +527,43 @@ def _parse_wait(values: list[str]) -> float:
     if not (math.isfinite(wait_s) and wait_s >= 0):
         raise _Refusal(400, f"wait={_clip(values[-1], 40)!r}: expected seconds, e.g. wait=30")
     return min(wait_s, MAX_WAIT_S)
+
+
+def _parse_lines(values: list[str]) -> int:
+    """``?lines=N``: 0 to the ring size, default ``DEFAULT_LOG_LINES``."""
+    if not values:
+        return DEFAULT_LOG_LINES
+    raw = values[-1]
+    if not raw.isdigit():
+        raise _Refusal(400, f"lines={_clip(raw, 40)!r}: expected a whole number, e.g. lines=50")
+    return min(int(raw), RING_LINES)
+
+
+def _parse_flag(key: str, values: list[str]) -> bool:
+    if not values:
+        return False
+    raw = values[-1].lower()
+    if raw not in ("1", "0", "true", "false", "yes", "no", ""):
+        raise _Refusal(400, f"{key}={_clip(raw, 40)!r}: expected 1 or 0")
+    return raw in ("1", "true", "yes", "")
+
+
+def _parse_variant(values: list[str]) -> str | None:
+    if not values:
+        return None
+    if not VARIANT_NAME.fullmatch(values[-1]):
+        raise _Refusal(400, f"variant={_clip(values[-1], 40)!r} is not a model name")
+    return values[-1]
+
+
+def _invalid_config(exc: ConfigError) -> web.Response:
+    """422 naming every problem of the new config file; nothing was changed."""
+    problems = [str(p) for p in exc.problems]
+    message = (f"the configuration has {len(problems)} problem(s); nothing was changed. "
+               "Fix them and reload again")
+    log.error("control: reload refused: %s: %s", message, "; ".join(problems))
+    body = json.dumps({"error": message, "problems": problems}) + "\n"
+    return web.Response(status=422, text=body, content_type="application/json")
 
 
 def _is_member(group: str | None, uid: int, gid: int) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import ipaddress
 import os
 import pwd
 import re
@@ -31,6 +32,7 @@ from pydantic import (
 
 from supervisor import modelfile
 from supervisor.errors import ConfigError, ConfigProblem
+from supervisor.policy import DEFAULT_MAX_BODY_BYTES, model_key
 
 DEFAULT_CONTROL_SOCKET = Path("/run/janus-supervisor/control.sock")
 SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the final NUL
@@ -187,12 +189,47 @@ class VariantConfig(StrictModel):
         return self
 
 
+BaseSource = Literal["store", "shared", "gguf", "pull"]
+
+
 class BaseModelConfig(StrictModel):
     """Where a base model named by variants comes from when a tenant's store lacks it."""
 
     gguf: ResolvedPath | None = Field(None, description="local GGUF file to import")
     projector: ResolvedPath | None = Field(None, description="optional projector (mmproj) GGUF")
     template: str | None = Field(None, description="chat template to give the imported model")
+    sources: list[BaseSource] = Field(
+        default_factory=lambda: ["store", "shared", "gguf"],
+        description="where to look, in order: store (already there), shared (shared_store), "
+        "gguf (local file), pull (registry; network: host tenants only, never by default)",
+    )
+    shared_store: ResolvedPath | None = Field(
+        None, description="read-only Ollama store (manifests/, blobs/) to link or copy from"
+    )
+    shared_link: Literal["hardlink", "copy"] = Field(
+        "hardlink", description="hardlink blobs when on the same filesystem and safe, else copy"
+    )
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(
+                f"{value!r} must list each source once, e.g. [store, shared, gguf, pull]"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _sources_configured(self) -> BaseModelConfig:
+        if "sources" not in self.model_fields_set:
+            return self
+        needs = {"shared": ("shared_store", self.shared_store), "gguf": ("gguf", self.gguf)}
+        for source in self.sources:
+            key, value = needs.get(source, ("", True))
+            if value is None:
+                raise ValueError(f"sources lists {source!r} but {key} is not set; set {key} "
+                                 f"or remove {source!r} from sources")
+        return self
 
 
 class OllamaConfig(StrictModel):
@@ -217,6 +254,25 @@ class OllamaConfig(StrictModel):
         return value
 
 
+def parse_loopback_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) on a loopback address; raises ``ValueError``."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    fix = "write a loopback address and port such as 127.0.0.1:9464"
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT; {fix}")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"{value!r} is not a loopback address: /metrics there has no access check and "
+            f"names every tenant; {fix}"
+        )
+    return host, int(port)
+
+
 class ControlConfig(StrictModel):
     """The daemon's control socket and who may use it."""
 
@@ -225,6 +281,94 @@ class ControlConfig(StrictModel):
     group: str | None = Field(None, description="control socket group; default root's")
     admin_group: str | None = Field(None, description="members may do everything")
     read_group: str | None = Field(None, description="members may read every tenant")
+    metrics_address: str | None = Field(
+        None, description="loopback HOST:PORT that also serves GET /metrics, without access checks"
+    )
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _loopback(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_loopback_address(value)
+        return value
+
+
+OperationName = Literal["read", "infer", "manage"]
+
+
+class PolicyConfig(StrictModel):
+    """What clients of a tenant's socket may do; enforced by the relay (see README)."""
+
+    operations: Literal["all"] | list[OperationName] = Field(
+        default_factory=lambda: list[OperationName](["read", "infer"]),
+        description="route groups allowed: read, infer, manage; or all (unknown routes too)",
+    )
+    models: Literal["variants", "any"] | list[str] = Field(
+        "variants",
+        description="models requests may name: variants (the tenant's own), any, or a list",
+    )
+    images: bool = Field(True, description="whether requests may carry images")
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES, description="largest JSON body the relay buffers to inspect"
+    )
+    max_blob_bytes: int | None = Field(None, description="largest blob upload; default no limit")
+
+    @field_validator("operations", mode="before")
+    @classmethod
+    def _operations(cls, value: Any) -> Any:
+        if value == "all":
+            return value
+        if not isinstance(value, list):
+            raise ValueError(
+                f"{value!r} is not an operations setting; write a list such as [read, infer], "
+                "or all"
+            )
+        if not value:
+            raise ValueError("an empty list allows nothing; list read, infer, manage, or write all")
+        if "all" in value:
+            raise ValueError("write `operations: all` on its own, not inside a list")
+        for item in value:
+            if item not in ("read", "infer", "manage"):
+                raise ValueError(f"{item!r} is not an operation; use read, infer and manage")
+        return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, value: Any) -> Any:
+        if value in ("variants", "any"):
+            return value
+        if not isinstance(value, list):
+            raise ValueError(
+                f"{value!r} is not a models setting; write variants, any, or a list of model "
+                f"names such as [{value}]"
+            )
+        if not value:
+            raise ValueError("an empty list allows no model; write variants, any or some names")
+        found = _Found()
+        for index, name in enumerate(value):
+            if not isinstance(name, str) or model_key(name) is None:
+                found.add(
+                    (index,),
+                    f"{name!r} is not a model name Ollama accepts; write e.g. janus-pro-7b-qa "
+                    "or namespace/model:tag",
+                )
+        if found:
+            raise _Problems(found)
+        return value
+
+    @field_validator("max_body_bytes")
+    @classmethod
+    def _body_limit(cls, value: int) -> int:
+        if value < 1024:
+            raise ValueError(f"{value!r} is too small for any request; give at least 1024 bytes")
+        return value
+
+    @field_validator("max_blob_bytes")
+    @classmethod
+    def _blob_limit(cls, value: int | None) -> int | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"{value!r} must be greater than 0, or leave it out for no limit")
+        return value
 
 
 class TenantConfig(StrictModel):
@@ -235,7 +379,11 @@ class TenantConfig(StrictModel):
     models_dir: ResolvedPath = Field(description="the tenant's OLLAMA_MODELS store")
     home: ResolvedPath | None = Field(None, description="HOME; default passwd home if writable")
     socket: SocketConfig
-    network: Literal["host"] = Field("host", description="where the backend listens")
+    network: Literal["isolated", "host"] | None = Field(
+        None,
+        description="isolated: a network namespace of the server's own (default as root); "
+        "host: a loopback port any local user can reach (default, and only choice, unprivileged)",
+    )
     port: int | None = Field(None, description="backend loopback port; default from range")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment")
     variants: list[VariantConfig] = Field(default_factory=list)
@@ -248,6 +396,23 @@ class TenantConfig(StrictModel):
     backoff_initial_s: float = Field(1.0, description="first delay before a restart")
     backoff_max_s: float = Field(60.0, description="cap of the doubling restart delay")
     connect_wait_s: float = Field(30.0, description="how long a client waits for readiness")
+    policy: PolicyConfig = Field(
+        default_factory=PolicyConfig, description="what clients of the tenant socket may do"
+    )
+    restart: Literal["always", "on-failure", "never"] = Field(
+        "always", description="restart policy when the server ends by itself"
+    )
+    healthy_reset_s: float = Field(
+        60.0, description="ready this long without interruption resets the backoff"
+    )
+    restart_budget: int = Field(10, description="automatic starts allowed per restart_window_s")
+    restart_window_s: float = Field(600.0, description="window of the restart budget")
+    deep_probe_every: int = Field(
+        0, description="every Nth liveness probe also POSTs /api/show of a variant; 0 = off"
+    )
+    drain_timeout_s: float = Field(
+        5.0, description="on stop/restart, wait this long for relayed requests to finish"
+    )
 
     _env = field_validator("env")(_check_env)
 
@@ -263,6 +428,17 @@ class TenantConfig(StrictModel):
             raise ValueError(
                 f"{value!r} cannot be a tenant user; name an unprivileged user "
                 "such as janus_dev (letters, digits, '_', '-', at most 32)"
+            )
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _not_superuser(cls, value: str) -> str:
+        # Another name for uid 0 (toor, a second root entry) is root all the same.
+        entry = _user(value)
+        if entry is not None and entry.pw_uid == 0:
+            raise ValueError(
+                f"{value!r} has uid 0; tenants never run as root: name an unprivileged user"
             )
         return value
 
@@ -283,11 +459,21 @@ class TenantConfig(StrictModel):
         "backoff_initial_s",
         "backoff_max_s",
         "connect_wait_s",
+        "healthy_reset_s",
+        "restart_budget",
+        "restart_window_s",
     )
     @classmethod
     def _positive(cls, value: float) -> float:
         if not value > 0:
             raise ValueError(f"{value!r} must be greater than 0")
+        return value
+
+    @field_validator("deep_probe_every", "drain_timeout_s")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError(f"{value!r} must be 0 or more")
         return value
 
 
@@ -298,9 +484,27 @@ class Config(StrictModel):
     ollama: OllamaConfig = Field(default_factory=OllamaConfig)
     state_dir: ResolvedPath = Field(Path("/var/lib/janus-supervisor"), description="daemon state")
     log_dir: ResolvedPath = Field(Path("/var/log/janus-supervisor"), description="tenant log files")
+    log_max_bytes: int = Field(
+        10 * 1024 * 1024, description="size at which a tenant's log file is rotated"
+    )
+    log_backups: int = Field(3, description="rotated log files kept per tenant")
     base_models: dict[str, BaseModelConfig] = Field(default_factory=dict)
     tenants: dict[str, TenantConfig]
     source: Path | None = Field(None, exclude=True, description="file this was loaded from")
+
+    @field_validator("log_max_bytes")
+    @classmethod
+    def _log_size(cls, value: int) -> int:
+        if value < 4096:
+            raise ValueError(f"{value!r} is too small; give at least 4096 bytes, e.g. 10485760")
+        return value
+
+    @field_validator("log_backups")
+    @classmethod
+    def _log_backups(cls, value: int) -> int:
+        if not 0 <= value <= 100:
+            raise ValueError(f"{value!r} is not a number of files; give 0 to 100")
+        return value
 
 
 # ---- YAML and error locations -----------------------------------------------------------
@@ -477,6 +681,14 @@ def _cross_problems(data: dict[str, Any], base: Path) -> list[tuple[Loc, str]]:
         sock = t.get("socket")
         sock_path = _raw_path(sock.get("path") if isinstance(sock, dict) else sock, base)
         port = t.get("port") if type(t.get("port")) is int else None
+        if port is not None and t.get("network") == "isolated":
+            found.add(
+                at + ("port",),
+                f"{port!r}: port applies to network: host only; an isolated tenant's server "
+                "listens on 127.0.0.1:11434 in a namespace of its own. Remove port, or set "
+                "network: host",
+            )
+            port = None
         user = t.get("user") if isinstance(t.get("user"), str) else None
         for loc, value in (
             (("user",), user),

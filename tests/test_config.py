@@ -270,7 +270,7 @@ def test_unknown_top_level_key(conf_dir: Path) -> None:
     problem = only_problem(
         path,
         r"unknown key 'tennants'; allowed keys here: base_models, "
-        r"control, log_dir, ollama, state_dir, tenants$",
+        r"control, log_backups, log_dir, log_max_bytes, ollama, state_dir, tenants$",
     )
 
     assert problem.line == line_of(path, "tennants")

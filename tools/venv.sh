@@ -21,15 +21,24 @@ ensure_venv() {
   local extras="${1:-}"
   local python
   python="$(pick_python)"
-  if [ ! -x "$VENV/bin/python" ]; then
-    if ! "$python" -m venv "$VENV" 2>/dev/null; then
-      rm -rf "$VENV"
-      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if [ -e "$VENV" ] && ! "$VENV/bin/python" -c '' 2>/dev/null; then
+    echo "janus: $VENV exists but its python does not run here (made by another user or" \
+         "another Python?); remove it (rm -rf $VENV) or set JANUS_VENV to another directory" >&2
+    return 1
+  fi
+  if [ ! -e "$VENV" ]; then
+    local err
+    if ! err="$("$python" -m venv "$VENV" 2>&1)"; then
+      rm -rf "$VENV"  # only the half-made directory this call created
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 &&
+         printf '%s' "$err" | grep -qi "ensurepip\|python3-venv"; then
         echo "janus: installing python3-venv (Debian/Ubuntu ship venv separately)" >&2
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
         "$python" -m venv "$VENV"
       else
-        echo "janus: '$python -m venv' failed; install the python3-venv package (sudo apt-get install python3-venv) and run this again" >&2
+        printf '%s\n' "$err" >&2
+        echo "janus: '$python -m venv $VENV' failed (above); on Debian/Ubuntu install" \
+             "python3-venv (sudo apt-get install python3-venv), and check $REPO is writable" >&2
         return 1
       fi
     fi

@@ -7,6 +7,7 @@ checkout under a private directory still works.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -115,6 +116,10 @@ class Deployment:
                 [sys.executable, "-m", "supervisor.daemon", "--config", str(self.config_path)],
                 stdout=subprocess.DEVNULL, stderr=log_file, cwd=REPO, env=env,
             )
+        for _ in deadline_loop(30):
+            assert self.proc.poll() is None, self.log_text()[-3000:]
+            if self.control.exists():
+                break
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -228,22 +233,37 @@ def tutorial_config(root: Path, users: dict[str, str], emulator: Path) -> dict[s
     return config
 
 
-@pytest.fixture
-def deployment() -> Iterator[Deployment]:
+def tear_down(dep: Deployment) -> None:
+    """Kill the daemon if it still runs, remove the test users and the directory."""
+    if dep.proc is not None and dep.proc.poll() is None:
+        try:
+            dep.stop(timeout_s=30)
+        except subprocess.TimeoutExpired:
+            dep.proc.kill()
+            dep.proc.wait()
+    for name in dep.users.values():
+        delete_user(name)
+    shutil.rmtree(dep.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def new_deployment(prefix: str = "janus-it", user_prefix: str = "jt") -> Iterator[Deployment]:
     """The tutorial's three tenants on the emulator, with fresh users; torn down afterwards."""
-    root = make_world_dir("janus-it")
+    root = make_world_dir(prefix)
     emulator = install_emulator(root)
     tag = secrets.token_hex(3)
-    users = {role: f"jt{tag}{role[0]}" for role in ROLES}
+    users = {role: f"{user_prefix}{tag}{role[0]}" for role in ROLES}
     for name in users.values():
         create_user(name)
     dep = Deployment(root, root / "janus.yaml", tutorial_config(root, users, emulator), users)
     try:
         yield dep
     finally:
-        if dep.proc is not None and dep.proc.poll() is None:
-            dep.proc.kill()
-            dep.proc.wait()
-        for name in users.values():
-            delete_user(name)
-        shutil.rmtree(root, ignore_errors=True)
+        tear_down(dep)
+
+
+@pytest.fixture
+def deployment() -> Iterator[Deployment]:
+    """The tutorial deployment for one test."""
+    with new_deployment() as dep:
+        yield dep

@@ -25,6 +25,7 @@ from tests.integration.harness import (
 )
 
 pytestmark = needs_root
+OTHERS = ("admin", "qa")
 
 
 def proc_ids(pid: int) -> dict[str, list[int]]:
@@ -108,8 +109,8 @@ def test_qa_variant_carries_num_ctx_2048(running: Deployment) -> None:
 
 
 def test_foreign_host_header_is_not_refused(running: Deployment) -> None:
-    answer = raw_http(running.socket_of("dev"),
-                      b"GET /api/version HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+    request = b"GET /api/version HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+    answer = raw_http(running.socket_of("dev"), request)
 
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert b'"version"' in answer
@@ -127,7 +128,7 @@ def test_restart_dev_gives_new_pid_without_recreating_variant(running: Deploymen
     assert result.returncode == 0, result.stderr
     assert running.pid_of("dev") != before["dev"]
     assert manifest.stat().st_mtime_ns == mtime
-    assert {r: running.pid_of(r) for r in ("admin", "qa")} == {r: before[r] for r in ("admin", "qa")}
+    assert {r: running.pid_of(r) for r in OTHERS} == {r: before[r] for r in OTHERS}
 
 
 def test_killed_dev_server_comes_back_by_itself(running: Deployment) -> None:
@@ -141,7 +142,7 @@ def test_killed_dev_server_comes_back_by_itself(running: Deployment) -> None:
 
     assert running.status("dev")["restarts"] >= 1
     assert running.status("dev")["last_exit"]["signal"] == "SIGKILL"
-    assert {r: running.pid_of(r) for r in ("admin", "qa")} == {r: before[r] for r in ("admin", "qa")}
+    assert {r: running.pid_of(r) for r in OTHERS} == {r: before[r] for r in OTHERS}
 
 
 def test_status_cli_shows_all_ready(running: Deployment) -> None:

@@ -216,7 +216,8 @@ def _recorded_survivors(data: dict[str, object]) -> list[psutil.Process]:
     uid = int(data["uid"])  # type: ignore[call-overload]
     pgid = int(data["pgid"])  # type: ignore[call-overload]
     server_start = float(data["server"][1])  # type: ignore[index]
-    refs = {int(p): ProcRef(int(p), float(s)) for p, s in data["known"]}  # type: ignore[attr-defined]
+    known = data["known"]
+    refs = {int(p): ProcRef(int(p), float(s)) for p, s in known}  # type: ignore[attr-defined]
     found = []
     for proc in psutil.process_iter(["uids", "create_time"]):
         try:

@@ -148,8 +148,8 @@ def test_deprecated_inline_parameter_is_dropped_with_a_warning(
     assert "mirostat" not in config.tenants["qa"].variants[0].parameters
     assert [r.getMessage() for r in caplog.records] == [
         (
-            "variant qa-variant: parameter mirostat is deprecated and ignored (Ollama dropped it in "
-            "v0.7); remove it"
+            "variant qa-variant: parameter mirostat is deprecated and ignored "
+            "(Ollama dropped it in v0.7); remove it"
         )
     ]
 

@@ -866,7 +866,9 @@ async def test_logs_returns_the_last_lines(serve: Serve, api: FakeAPI) -> None:
     assert reply.body == {"tenant": "dev", "lines": api.log_lines[-2:]}
 
 
-@pytest.mark.parametrize(("query", "lines"), [("", 100), ("?lines=0", 0), ("?lines=999999", RING_LINES)])
+@pytest.mark.parametrize(
+    ("query", "lines"), [("", 100), ("?lines=0", 0), ("?lines=999999", RING_LINES)]
+)
 async def test_logs_lines_default_and_cap(
     serve: Serve, api: FakeAPI, query: str, lines: int
 ) -> None:

@@ -118,8 +118,8 @@ CASES: list[tuple[str, str, dict[str, bytes], dict[str, Any]]] = [
     (
         "deprecated-parameters-dropped",
         (
-            "FROM m\nPARAMETER mirostat 2\nPARAMETER penalize_newline true\nPARAMETER num_ctx 4096\n"
-            "PARAMETER use_mlock true\n"
+            "FROM m\nPARAMETER mirostat 2\nPARAMETER penalize_newline true\n"
+            "PARAMETER num_ctx 4096\nPARAMETER use_mlock true\n"
         ),
         {},
         {"from": "m", "parameters": {"num_ctx": 4096}},

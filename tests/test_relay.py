@@ -145,7 +145,9 @@ def body_of(answer: bytes) -> dict[str, object]:
     return json.loads(answer.partition(b"\r\n\r\n")[2])
 
 
-async def run_relay(tmp_path: Path, gate: Gate, wait_s: float = 5.0):  # type: ignore[no-untyped-def]
+async def run_relay(  # type: ignore[no-untyped-def]
+    tmp_path: Path, gate: Gate, wait_s: float = 5.0
+):
     backend = EchoBackend()
     path = tmp_path / "dev.sock"
     sock = unix_listener(path)

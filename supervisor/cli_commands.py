@@ -6,8 +6,10 @@ JSON with ``--json``, and exits with a code of ``supervisor.exitcodes``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any, NoReturn
@@ -223,7 +225,15 @@ def rebuild(ctx: click.Context, tenant: str, variant: str | None, as_json: bool)
     if variant is not None and not VARIANT_NAME.fullmatch(variant):
         raise CtlError(ec.USAGE, f"invalid variant name {variant[:40]!r}")
     target = tenant_path(tenant, "/rebuild") + (f"?variant={variant}" if variant else "")
-    doc = _client(ctx).call("POST", target, timeout_s=ACTION_TIMEOUT_S).body
+    client = _client(ctx)
+    progress: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if not as_json and sys.stderr.isatty():
+        # Uploads, copies and pulls report bytes in the tenant's log; show them as bars.
+        from supervisor.cli_progress import rebuild_progress
+
+        progress = rebuild_progress(client, tenant_path(tenant, "/logs?lines=1&follow=1"))
+    with progress:
+        doc = client.call("POST", target, timeout_s=ACTION_TIMEOUT_S).body
     if as_json:
         _emit_json(doc)
     what = variant or "every variant"

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -84,18 +85,21 @@ def make_config(root: Path, users: list[str], args: argparse.Namespace) -> Path:
     return path
 
 
-def wait_all(sockets: list[str], timeout_s: float = 120) -> float:
+def wait_all(sockets: list[str], timeout_s: float = 120,
+             probe: Callable[[str], bool] = answers) -> float:
+    """Seconds until ``probe`` succeeds for every target (unix socket paths by default)."""
     began = time.monotonic()
     pending = list(sockets)
     while pending:
         if time.monotonic() - began > timeout_s:
             raise TimeoutError(f"{len(pending)} tenants not answering after {timeout_s}s")
-        pending = [s for s in pending if not answers(s)]
+        pending = [s for s in pending if not probe(s)]
         time.sleep(0.005)
     return time.monotonic() - began
 
 
-def kill_trial(uid: int, sock_path: str) -> tuple[float, float]:
+def kill_trial(uid: int, sock_path: str,
+               probe: Callable[[str], bool] = answers) -> tuple[float, float]:
     """kill -9 the server of ``uid``; seconds until a new pid, and until it answers again."""
     before = uid_pids(uid)
     server = min(before)  # the server is the oldest process of the user (runners come later)
@@ -104,7 +108,7 @@ def kill_trial(uid: int, sock_path: str) -> tuple[float, float]:
     while not (uid_pids(uid) - before):
         time.sleep(0.0005)
     new_pid = time.monotonic() - began
-    while not answers(sock_path):
+    while not probe(sock_path):
         time.sleep(0.002)
     return new_pid, time.monotonic() - began
 

@@ -109,7 +109,7 @@ def _check_env(env: dict[str, str]) -> dict[str, str]:
                 (key,),
                 f"{value!r} does not give a unix socket: Ollama listens on "
                 "TCP only and would silently bind 127.0.0.1:11434, where tenants set "
-                "up this way collide (case C14); remove OLLAMA_HOST and use the "
+                "up this way collide; remove OLLAMA_HOST and use the "
                 "tenant's `socket` setting to get a unix socket",
             )
         elif key == "OLLAMA_HOST":

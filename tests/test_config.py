@@ -409,7 +409,7 @@ def test_unix_ollama_host_explains_case_c14(conf_dir: Path) -> None:
         path,
         r"'unix:///run/x.sock' does not give a unix socket: Ollama "
         r"listens on TCP only and would silently bind 127.0.0.1:11434.*"
-        r"\(case C14\).*tenant's `socket` setting",
+        r"collide.*tenant's `socket` setting",
     )
 
     assert (problem.location, problem.line) == (
@@ -422,8 +422,8 @@ def test_unix_ollama_host_explains_case_c14(conf_dir: Path) -> None:
     ("key", "value", "match"),
     [
         ("OLLAMA_HOST", "127.0.0.1:9999", r"the daemon sets OLLAMA_HOST"),
-        ("OLLAMA_HOST", "unix:///tmp/o.sock", r"case C14"),
-        ("OLLAMA_HOST", "/tmp/o.sock", r"case C14"),
+        ("OLLAMA_HOST", "unix:///tmp/o.sock", r"silently bind 127.0.0.1:11434"),
+        ("OLLAMA_HOST", "/tmp/o.sock", r"silently bind 127.0.0.1:11434"),
         (
             "OLLAMA_MODELS",
             "/srv/models",

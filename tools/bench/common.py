@@ -43,8 +43,16 @@ def ensure_supervisord() -> Path:
         return bin_dir
     CACHE.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(venv, ignore_errors=True)
-    for cmd in (["/usr/bin/python3", "-m", "venv", str(venv)],
-                [str(bin_dir / "pip"), "install", "-q", SUPERVISOR_SPEC]):
+    # This Python's venv module first (a venv's python makes one from its base interpreter),
+    # the system's as a fallback (Debian's python3 needs python3-venv for it).
+    for python in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
+        made = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True)
+        if made.returncode == 0:
+            break
+        shutil.rmtree(venv, ignore_errors=True)
+    else:
+        raise Unavailable(f"supervisord: python3 -m venv failed: {made.stderr.strip()[-500:]}")
+    for cmd in ([str(bin_dir / "pip"), "install", "-q", SUPERVISOR_SPEC],):
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -144,6 +144,8 @@ def main() -> int:
     parser.add_argument("--relay-big-duration", type=float, default=3.0,
                         help="seconds of 1 MiB responses per path and round")
     parser.add_argument("--relay-clients", type=int, default=8)
+    parser.add_argument("--relay-profile", metavar="FILE",
+                        help="py-spy (raw) the janus daemon during one 100-byte relay load")
     parser.add_argument("--no-lifecycle", action="store_true")
     parser.add_argument("--no-relay", action="store_true")
     parser.add_argument("--json", help="also write the raw results to this file")

@@ -10,7 +10,9 @@ tenant with a fixed loopback port; the three paths reach that same process:
 - ``nginx``: Debian's nginx, own config in the scratch dir, ``worker_processes 1``, listening on
   a unix socket, ``proxy_pass`` to an upstream ``127.0.0.1:PORT`` with ``keepalive 16``,
   HTTP/1.1, ``Host: localhost``, ``proxy_buffering off``, ``keepalive_requests`` raised so
-  no connection is closed mid-run (streams like the relay does).
+  no connection is closed mid-run (streams like the relay does);
+- ``nginx-buffered``: the same nginx and upstream on a second unix socket with
+  ``proxy_buffering on`` (nginx's default), for reference; the targets compare with ``nginx``.
 
 The load generator is the same for all three: worker processes (fork), each with one
 keep-alive connection (``bench_relay.Reader``), closed loop, ``GET /bench/small`` with 8
@@ -42,7 +44,7 @@ from bench_relay import Reader  # type: ignore[import-not-found]  # noqa: E402
 
 SMALL = b"GET /bench/small HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
 BIG = b"GET /bench/big HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
-PATHS = ("direct", "janus", "nginx")
+PATHS = ("direct", "janus", "nginx", "nginx-buffered")
 Target = tuple[str, str]  # ("tcp", "PORT") or ("unix", PATH)
 
 
@@ -146,6 +148,17 @@ http {{
             proxy_buffering off;
         }}
     }}
+    server {{
+        listen unix:{sock}.buffered;
+        keepalive_requests 10000000;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host localhost;
+            proxy_buffering on;
+        }}
+    }}
 }}
 """)
     return conf, str(sock)
@@ -224,6 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 "direct": ("tcp", str(port)),
                 "janus": ("unix", str(root / "run" / "relay.sock")),
                 "nginx": ("unix", ng_sock),
+                "nginx-buffered": ("unix", ng_sock + ".buffered"),
             }
             try:
                 for name in PATHS:
@@ -232,9 +246,18 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 print((root / "daemon.log").read_text(errors="replace")[-2000:],
                       file=sys.stderr)
                 raise
-            for _ in range(args.relay_rounds):
+            for rnd in range(args.relay_rounds):
                 for name in PATHS:
+                    spy = None
+                    if name == "janus" and rnd == 0 and getattr(args, "relay_profile", None):
+                        # py-spy the daemon during the first round's 100-byte load
+                        spy = subprocess.Popen(
+                            ["py-spy", "record", "-p", str(daemon.pid), "-f", "raw", "-o",
+                             args.relay_profile, "-d", str(max(1, int(args.relay_duration)))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     small = load(targets[name], SMALL, args.relay_clients, args.relay_duration)
+                    if spy is not None:
+                        spy.wait()
                     res = results[name]
                     res["lat"].extend(small["lat"])
                     res["rps"].append(small["requests"] / small["elapsed"])

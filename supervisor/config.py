@@ -192,6 +192,9 @@ class VariantConfig(StrictModel):
 BaseSource = Literal["store", "shared", "gguf", "pull"]
 
 
+DEFAULT_SOURCES: tuple[BaseSource, ...] = ("store", "shared", "gguf")
+
+
 class BaseModelConfig(StrictModel):
     """Where a base model named by variants comes from when a tenant's store lacks it."""
 
@@ -199,7 +202,7 @@ class BaseModelConfig(StrictModel):
     projector: ResolvedPath | None = Field(None, description="optional projector (mmproj) GGUF")
     template: str | None = Field(None, description="chat template to give the imported model")
     sources: list[BaseSource] = Field(
-        default_factory=lambda: ["store", "shared", "gguf"],
+        default_factory=lambda: list(DEFAULT_SOURCES),
         description="where to look, in order: store (already there), shared (shared_store), "
         "gguf (local file), pull (registry; network: host tenants only, never by default)",
     )

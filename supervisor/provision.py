@@ -74,7 +74,7 @@ def _parse_parameters(text: str) -> dict[str, list[Any]]:
 
 def _same_value(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
-        return a == b
+        return bool(a == b)
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return math.isclose(float(a), float(b), rel_tol=1e-6)
     return bool(a == b)

@@ -319,7 +319,7 @@ class Tenant:
         self._set_state(TenantState.FAILED, reason)
 
     async def _run_instance(self) -> Outcome:
-        self._set_state(TenantState.STARTING, "spawning server")
+        self._set_state(TenantState.STARTING, "preflight, then spawn")
         self._healthy_for = 0.0
         if self.setup.preflight is not None:
             try:

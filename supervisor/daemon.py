@@ -34,13 +34,12 @@ from supervisor.backend import (
     network_mode,
     network_note,
 )
-from supervisor.config import Config, TenantConfig, load_config, run_check
+from supervisor.config import Config, TenantConfig, load_config
 from supervisor.control.metrics_http import MetricsListener
 from supervisor.control.server import ControlServer, open_control_socket
 from supervisor.dirs import ensure_dir, owned_by
 from supervisor.errors import ConfigError, SpawnError, SupervisorError
 from supervisor.leftovers import become_subreaper
-from supervisor.spawn import watch_children_with_pidfd
 from supervisor.logs import LogFollower, TenantLog
 from supervisor.metrics import RELOADS, TenantSample, watch_tenants
 from supervisor.modelfile import variant_request
@@ -61,7 +60,9 @@ from supervisor.relay import Relay
 from supervisor.reload import ReloadPlan, apply_plan, load_new_config, plan_reload
 from supervisor.runtime import DaemonTasks, TaskHandle
 from supervisor.sockets import BoundSocket, bind_unix_socket
+from supervisor.spawn import watch_children_with_pidfd
 from supervisor.status import DaemonStatus, TenantState, TenantStatus
+from supervisor.syscheck import run_check
 from supervisor.systemd import Notifier
 from supervisor.tenant import Tenant, TenantSetup
 from supervisor.watch import StateWatch

@@ -33,9 +33,10 @@ from typing import Any, Protocol
 import anyio
 from pydantic import BaseModel
 
-from supervisor.config import Config, TenantConfig, check_system, load_config
+from supervisor.config import Config, TenantConfig, load_config
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.modelfile import variant_request
+from supervisor.syscheck import check_system
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config import Config, SocketConfig, check_system, load_config, run_check
+from supervisor.config import Config, SocketConfig, load_config
 from supervisor.errors import ConfigError, ConfigProblem
 from supervisor.modelfile import variant_request
+from supervisor.syscheck import check_system, run_check
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

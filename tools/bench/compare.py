@@ -76,7 +76,7 @@ def targets(results: dict[int, dict[str, list[dict[str, Any]]]] | None,
             relay: dict[str, dict[str, Any]] | None) -> list[tuple[str, bool, str]]:
     """The issue's targets for janus at the largest N: (target, met, measured)."""
     out: list[tuple[str, bool, str]] = []
-    if results:
+    if results and all(results[n].get("janus") for n in results):
         n = max(results)
         j, s = results[n]["janus"], results[n]["supervisord"]
 
@@ -106,26 +106,36 @@ def targets(results: dict[int, dict[str, list[dict[str, Any]]]] | None,
 
 
 def run_lifecycle(args: argparse.Namespace) -> dict[int, dict[str, list[dict[str, Any]]]]:
-    from lifecycle import janus_trial, supervisord_trial
+    from lifecycle import bare_trial, janus_trial, supervisord_trial
 
-    bin_dir = ensure_supervisord()
+    bin_dir = None if args.bare_only else ensure_supervisord()
+    systems = ([] if args.bare_only else list(SYSTEMS)) + ([] if args.no_bare else ["bare"])
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for n in args.tenants:
-        results[n] = {s: [] for s in SYSTEMS}
+        results[n] = {s: [] for s in systems}
         with throwaway_users(n) as users:
             for trial in range(args.trials):
-                for system in SYSTEMS:
+                for system in systems:
                     began = time.monotonic()
                     if system == "janus":
                         r = janus_trial(users, args)
-                    else:
+                    elif system == "supervisord":
                         r = supervisord_trial(users, bin_dir, args)
+                    else:
+                        r = bare_trial(users, args)
                     results[n][system].append(r)
                     print(f"# N={n} trial {trial + 1}/{args.trials} {system}: "
-                          f"cold {r['cold_s'] * 1000:.0f} ms, RSS {r['rss_mib']:.1f} MiB, "
-                          f"stop {r['stop_s'] * 1000:.0f} ms "
+                          f"cold {r['cold_s'] * 1000:.0f} ms, RSS {r.get('rss_mib', 0):.1f} MiB, "
+                          f"stop {r.get('stop_s', 0) * 1000:.0f} ms "
                           f"({time.monotonic() - began:.0f} s)", file=sys.stderr, flush=True)
     return results
+
+
+def bare_line(results: dict[int, dict[str, list[dict[str, Any]]]]) -> str:
+    cells = [f"N={n} {med_range(_values(r['bare'], 'cold_s', False), 1000.0, 0)} ms"
+             for n, r in sorted(results.items()) if r.get("bare")]
+    return ("emulators alone (spawned by the benchmark as the same users, no supervisor), "
+            "cold start → all answering: " + ", ".join(cells))
 
 
 def main() -> int:
@@ -146,6 +156,10 @@ def main() -> int:
     parser.add_argument("--relay-clients", type=int, default=8)
     parser.add_argument("--relay-profile", metavar="FILE",
                         help="py-spy (raw) the janus daemon during one 100-byte relay load")
+    parser.add_argument("--no-bare", action="store_true",
+                        help="skip the emulators-alone cold start (no supervisor) baseline")
+    parser.add_argument("--bare-only", action="store_true",
+                        help="lifecycle part: only the emulators-alone baseline")
     parser.add_argument("--no-lifecycle", action="store_true")
     parser.add_argument("--no-relay", action="store_true")
     parser.add_argument("--json", help="also write the raw results to this file")
@@ -174,8 +188,11 @@ def main() -> int:
     print(f"janus-supervisord vs supervisord: {args.trials} alternating trials per system, "
           f"emulator startup delay {args.startup_delay:g} s; median (min–max)")
     print()
-    if results:
+    if results and not args.bare_only:
         print(lifecycle_table(results, args))
+        print()
+    if results and not args.no_bare:
+        print(bare_line(results))
         print()
     if relay:
         print(f"relay: {args.relay_rounds} alternating rounds, {args.relay_duration:g} s of "

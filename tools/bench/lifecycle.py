@@ -160,14 +160,7 @@ def supervisord_conf(root: Path, users: list[str], emulator: Path,
     ]
     for i, (user, port) in enumerate(zip(users, ports, strict=True)):
         name = f"t{i:02d}"
-        home, store = root / "home" / name, root / "stores" / name
-        for d in (home, store):
-            d.mkdir(parents=True)
-            os.chown(d, uid(user), _gid(user))
-            os.chmod(d, 0o700)
-        env = {"OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(store),
-               "HOME": str(home), "PATH": CLEAN_PATH,
-               "JANUS_EMU_STARTUP_DELAY_S": str(args.startup_delay)}
+        home, env = _tenant_env(root, name, user, port, args)
         lines += [
             f"[program:{name}]", f"command={emulator} serve", f"user={user}",
             f"directory={home}",
@@ -179,6 +172,46 @@ def supervisord_conf(root: Path, users: list[str], emulator: Path,
     conf = root / "supervisord.conf"
     conf.write_text("\n".join(lines))
     return conf, ports
+
+
+def _tenant_env(root: Path, name: str, user: str, port: str,
+                args: argparse.Namespace) -> tuple[Path, dict[str, str]]:
+    """Home and store of one tenant (owned by its user) and its server's environment."""
+    home, store = root / "home" / name, root / "stores" / name
+    for d in (home, store):
+        d.mkdir(parents=True)
+        os.chown(d, uid(user), _gid(user))
+        os.chmod(d, 0o700)
+    return home, {"OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(store),
+                  "HOME": str(home), "PATH": CLEAN_PATH,
+                  "JANUS_EMU_STARTUP_DELAY_S": str(args.startup_delay)}
+
+
+def bare_trial(users: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """The emulators alone: N servers spawned straight from here (no supervisor), each as its
+    user with supervisord's environment; seconds from the first spawn until all answer. The
+    part of a cold start that is the emulator's own (Python start-up, imports, startup delay).
+    """
+    with scratch_dir("janus-bench-b") as root:
+        emulator = copy_emulator(root)
+        procs: list[subprocess.Popen[bytes]] = []
+        ports = [str(SUPERVISORD_PORT_BASE + i) for i in range(len(users))]
+        envs = [_tenant_env(root, f"t{i:02d}", u, p, args)
+                for i, (u, p) in enumerate(zip(users, ports, strict=True))]
+        try:
+            began = time.monotonic()
+            for user, (home, env) in zip(users, envs, strict=True):
+                u, g = uid(user), _gid(user)
+                procs.append(subprocess.Popen(
+                    [str(emulator), "serve"], cwd=home, env=env, user=u, group=g,
+                    extra_groups=[], start_new_session=True,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            bench_lifecycle.wait_all(ports, timeout_s=args.start_timeout, probe=answers_tcp)
+            return {"cold_s": time.monotonic() - began}
+        finally:
+            for proc in procs:
+                stop_process(proc)
+            _kill_users(users)
 
 
 def supervisord_trial(users: list[str], bin_dir: Path,

@@ -24,19 +24,27 @@ anyway. That keeps refusals in order and makes ``requests_in_flight`` exact.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Protocol
 
 import anyio
 import anyio.abc
-import httptools
 
 from supervisor.metrics import POLICY_REFUSALS
-from supervisor.policy import Listing, Plan, Refusal, Rule, TenantPolicy
+from supervisor.policy import Plan, Refusal, Rule, TenantPolicy
+from supervisor.relay_http import (
+    END,
+    LISTING_LIMIT,
+    Event,
+    Exchange,
+    Head,
+    ListingExchange,
+    ListingTooLarge,
+    RequestReader,
+    error_response,
+)
 from supervisor.sockets import peer_credentials
 
 log = logging.getLogger(__name__)
@@ -48,7 +56,6 @@ _READ_UPSTREAM = 256 << 10
 _HEAD_TIMEOUT_S = 10.0
 _DISCARD_LIMIT = 64 << 10  # a refused body up to this size is read and dropped; larger: close
 _LINGER_S = 2.0  # after a refusal that closes, read the client's leftovers this long
-_LISTING_LIMIT = 64 << 20  # a model list larger than this is not filtered but refused (502)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _OPEN = Plan("", None)  # what every request gets when no policy is set
 _STREAM_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
@@ -62,271 +69,6 @@ class ReadinessGate(Protocol):
     async def wait_ready(self, timeout_s: float) -> bool: ...
 
     def describe_state(self) -> str: ...
-
-
-def error_response(
-    status: int, message: str, *, close: bool = True, head_only: bool = False
-) -> bytes:
-    """An Ollama-style JSON error response, closing the connection unless ``close`` is false.
-
-    ``head_only`` (the answer to a HEAD request) leaves the body out but keeps its length.
-    """
-    body = json.dumps({"error": message}).encode()
-    head = (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-        f"Content-Type: application/json; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
-    )
-    if close:
-        head += "Connection: close\r\n"
-    return head.encode() + b"\r\n" + (b"" if head_only else body)
-
-
-# ---- requests -----------------------------------------------------------------------------
-
-
-class _Head:
-    """A parsed request head."""
-
-    __slots__ = (
-        "method",
-        "target",
-        "version",
-        "headers",
-        "chunked",
-        "length",
-        "keep_alive",
-        "expects_continue",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        target: bytes,
-        version: bytes,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
-        self.chunked = False
-        self.length: int | None = None
-        self.expects_continue = False
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"transfer-encoding" and b"chunked" in value.lower():
-                self.chunked = True
-            elif lower == b"content-length" and value.strip().isdigit():
-                self.length = int(value)  # llhttp refuses a second or non-numeric one
-            elif lower == b"expect" and value.lower() == b"100-continue":
-                self.expects_continue = True
-
-    @property
-    def label(self) -> str:
-        return f"{self.method} {self.target[:200].decode('latin-1')}"
-
-    @property
-    def body_pending(self) -> bool:
-        return self.chunked or bool(self.length)
-
-    def encode(self, *, drop_expect: bool = False) -> bytes:
-        """The head for the backend: ``Host: localhost``, everything else as received."""
-        target = self.target if self.target.startswith(b"/") else _origin_form(self.target)
-        lines = [self.method.encode() + b" " + target + b" HTTP/" + self.version]
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == b"host" or (drop_expect and lower == b"expect"):
-                continue
-            lines.append(name + b": " + value)
-        lines.append(b"Host: localhost")
-        return b"\r\n".join(lines) + b"\r\n\r\n"
-
-    def frame(self, body: bytes) -> bytes:
-        """``body`` framed as the client framed it (one chunk when it was chunked)."""
-        if not self.chunked:
-            return body
-        return (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
-
-
-def _origin_form(target: bytes) -> bytes:
-    """``/path?query`` of an absolute-form target: Go takes the host from such a URL, not from
-    the ``Host`` header, so ``http://ollama/api/tags`` would get Ollama's 403."""
-    try:
-        url = httptools.parse_url(target)
-    except httptools.HttpParserInvalidURLError:
-        return target  # "*" of OPTIONS, or garbage the server will answer itself
-    return (url.path or b"/") + (b"?" + url.query if url.query else b"")
-
-
-_END = None  # event: the current request's message is complete
-_Event = _Head | bytes | None
-
-
-class _RequestReader:
-    """Turns the client's byte stream into events: a ``_Head``, body bytes, ``_END``."""
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpRequestParser(self)
-        self.events: list[_Event] = []
-        self.head_seen = False
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        parser = self.parser
-        self.events.append(
-            _Head(
-                parser.get_method().decode("latin-1"),
-                self._url,
-                parser.get_http_version().encode(),
-                self._headers,
-                parser.should_keep_alive(),
-            )
-        )
-        self.head_seen = True
-
-    def on_body(self, body: bytes) -> None:
-        self.events.append(body)
-
-    def on_message_complete(self) -> None:
-        self.events.append(_END)
-
-    def feed(self, data: bytes) -> tuple[list[_Event], Exception | None]:
-        """Events parsed from ``data``, and the parse error that stopped it, if any."""
-        error: Exception | None = None
-        try:
-            self.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            error = exc
-        events, self.events = self.events, []
-        return events, error
-
-
-# ---- responses ----------------------------------------------------------------------------
-
-
-class _Exchange:
-    """One forwarded request, until its response has been passed on to the client.
-
-    An ``httptools`` parser over a copy of the response bytes only marks where the response
-    ends: ``on_body`` is not defined, so the body is never handed to Python.
-    """
-
-    def __init__(self, head_only: bool) -> None:
-        self.head_only = head_only
-        self.parser = httptools.HttpResponseParser(self)
-        self.done: anyio.Event | None = None  # made only when the next request must wait
-        self.complete = False  # the whole response has arrived
-        self.finished = False  # ... and was passed on (or the connection ended)
-        self.responded = False  # some of it was sent to the client
-        self.abandoned = False  # the request side gave up on it; drop the response
-        self._interim = False
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if 100 <= status < 200:
-            self._interim = True  # 100 Continue and the like; the real answer follows
-        elif self.head_only:
-            self.complete = True  # a response to HEAD has no body, whatever it declares
-
-    def on_message_complete(self) -> None:
-        if self._interim:
-            self._interim = False
-        else:
-            self.complete = True
-
-    def feed(self, data: bytes) -> bytes:
-        """Track ``data``; return what to send to the client."""
-        try:
-            self.parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self.complete = True  # nothing more can be told about this response; pass it on
-        return data
-
-
-class _ListingTooLarge(Exception):
-    pass
-
-
-class _ListingExchange(_Exchange):
-    """A model list: buffered, filtered by the policy, re-sent with a new ``Content-Length``."""
-
-    def __init__(self, policy: TenantPolicy, listing: Listing) -> None:
-        super().__init__(head_only=False)
-        self._policy = policy
-        self._listing = listing
-        self._raw = bytearray()
-        self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._body: list[bytes] = []
-        self._size = 0
-        self._passthrough = False
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        encoded = any(
-            n.lower() == b"content-encoding" and v.lower() != b"identity" for n, v in self._headers
-        )
-        if self.parser.get_status_code() != 200 or encoded:
-            self._passthrough = True  # errors and compressed bodies go through untouched
-
-    def on_body(self, body: bytes) -> None:
-        if self._passthrough:
-            return
-        self._size += len(body)
-        if self._size > _LISTING_LIMIT:
-            raise _ListingTooLarge
-        self._body.append(body)
-
-    def feed(self, data: bytes) -> bytes:
-        if self._passthrough and not self._raw:
-            return super().feed(data)
-        self._raw += data
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _ListingTooLarge):
-                raise _ListingTooLarge from exc
-            self.complete = self._passthrough = True
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self.complete = self._passthrough = True
-        if self._passthrough:
-            out, self._raw = bytes(self._raw), bytearray()
-            return out
-        return self._rewritten() if self.complete else b""
-
-    def _rewritten(self) -> bytes:
-        body = self._policy.filter_listing(self._listing, b"".join(self._body))
-        if body is None:
-            return bytes(self._raw)
-        version = self.parser.get_http_version().encode()
-        lines = [b"HTTP/%s %d %s" % (version, self.parser.get_status_code(), self._reason)]
-        for name, value in self._headers:
-            if name.lower() not in (b"content-length", b"transfer-encoding"):
-                lines.append(name + b": " + value)
-        lines.append(b"Content-Length: %d" % len(body))
-        return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
-# ---- one client connection -----------------------------------------------------------------
 
 
 class _Close(Exception):
@@ -348,7 +90,7 @@ class _Connection:
         relay: Relay,
         client: anyio.abc.SocketStream,
         upstream: anyio.abc.SocketStream,
-        reader: _RequestReader,
+        reader: RequestReader,
         peer_uid: int | None,
     ) -> None:
         self._relay = relay
@@ -358,12 +100,12 @@ class _Connection:
         self._peer_uid = peer_uid
         self._out: list[bytes] = []  # for upstream, sent once per client read
         self._mode = _Mode.IDLE
-        self._head: _Head | None = None
+        self._head: Head | None = None
         self._plan = _OPEN
         self._policy: TenantPolicy | None = None
         self._body: list[bytes] = []
         self._size = 0
-        self._exchange: _Exchange | None = None
+        self._exchange: Exchange | None = None
         self.linger = False  # the client gets no more answers; read its leftovers, then close
 
     # -- request side ---------------------------------------------------------------------
@@ -395,17 +137,17 @@ class _Connection:
         except (*_STREAM_ERRORS, OSError):
             pass
 
-    async def _on_event(self, event: _Event) -> None:
-        if isinstance(event, _Head):
+    async def _on_event(self, event: Event) -> None:
+        if isinstance(event, Head):
             await self._on_head(event)
-        elif event is _END:
+        elif event is END:
             await self._on_end()
         elif self._mode is _Mode.FORWARD:
             await self._forward_body(event)
         elif self._mode is _Mode.INSPECT:
             await self._buffer_body(event)
 
-    async def _on_head(self, head: _Head) -> None:
+    async def _on_head(self, head: Head) -> None:
         await self._flush()
         await self._wait_idle()
         self._head = head
@@ -459,11 +201,11 @@ class _Connection:
             self._begin_exchange(head, self._plan)
             self._out += [head.encode(drop_expect=True), head.frame(body)]
 
-    def _begin_exchange(self, head: _Head, plan: Plan) -> None:
+    def _begin_exchange(self, head: Head, plan: Plan) -> None:
         if plan.listing is not None and head.method == "GET" and self._policy is not None:
-            self._exchange = _ListingExchange(self._policy, plan.listing)
+            self._exchange = ListingExchange(self._policy, plan.listing)
         else:
-            self._exchange = _Exchange(head_only=head.method == "HEAD")
+            self._exchange = Exchange(head_only=head.method == "HEAD")
         self._relay._in_flight += 1
 
     async def _wait_idle(self) -> None:
@@ -508,7 +250,7 @@ class _Connection:
         if close:
             raise _Close
 
-    def _note_refusal(self, refusal: Refusal, head: _Head) -> None:
+    def _note_refusal(self, refusal: Refusal, head: Head) -> None:
         POLICY_REFUSALS.labels(refusal.tenant, str(refusal.rule)).inc()
         log.warning(
             "tenant %s: refused %s from uid %s (rule %s): %s",
@@ -568,12 +310,12 @@ class _Connection:
                     await self._client.send(out)
                 if exchange.complete:
                     self._finish(exchange)
-        except _ListingTooLarge:
+        except ListingTooLarge:
             name = self._relay.tenant
             await self._client.send(
                 error_response(
                     502,
-                    f"tenant {name}: the model list is larger than {_LISTING_LIMIT} bytes and "
+                    f"tenant {name}: the model list is larger than {LISTING_LIMIT} bytes and "
                     "cannot be filtered by the policy",
                 )
             )
@@ -594,7 +336,7 @@ class _Connection:
             extra={"tenant": name},
         )
 
-    def _finish(self, exchange: _Exchange) -> None:
+    def _finish(self, exchange: Exchange) -> None:
         if not exchange.finished:
             exchange.finished = True
             self._relay._in_flight -= 1
@@ -659,7 +401,7 @@ class Relay:
 
     async def _handle(self, client: anyio.abc.SocketStream) -> None:
         async with client:
-            reader = _RequestReader()
+            reader = RequestReader()
             if not await self._gate.wait_ready(self._connect_wait_s()):
                 await self._refuse_unready(client, reader)
                 return
@@ -680,7 +422,7 @@ class Relay:
                 await _linger(client)
 
     async def _refuse_unready(
-        self, client: anyio.abc.SocketStream, reader: _RequestReader, message: str | None = None
+        self, client: anyio.abc.SocketStream, reader: RequestReader, message: str | None = None
     ) -> None:
         """Read the request head (briefly) so the client sees the answer, then send 503."""
         with anyio.move_on_after(_HEAD_TIMEOUT_S):

@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 COMPARE = REPO / "tools" / "bench" / "compare.py"
-BUDGET_S = 55  # the whole test stays under a minute
+RUN_BUDGET_S = 50  # the run itself (about 25 s here); first-time installs come on top
 
 pytestmark = [
     pytest.mark.root,
@@ -83,9 +82,8 @@ def _run(budget_s: float) -> subprocess.CompletedProcess[str]:
 
 
 def test_compare_runs_and_prints_every_row() -> None:
-    began = time.monotonic()
     _installs()
-    run = _run(max(10.0, BUDGET_S - (time.monotonic() - began)))
+    run = _run(RUN_BUDGET_S)
     if run.returncode == 77:
         pytest.skip(f"competitor not available: {run.stderr.strip()[-500:]}")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -95,6 +93,7 @@ def test_compare_runs_and_prints_every_row() -> None:
         assert row is not None, f"missing row {label!r} in:\n{run.stdout}"
         assert row.count("|") == 4 and " - " not in row, row
     assert "| metric | janus N=2 | supervisord N=2 |" in lines
+    assert any(line.startswith("emulators alone") and "N=2 " in line for line in lines)
     for path in RELAY_ROWS:
         assert any(line.startswith(path) for line in lines), f"no relay row {path}"
     for target in TARGETS:

@@ -46,7 +46,8 @@ def ensure_supervisord() -> Path:
     # This Python's venv module first (a venv's python makes one from its base interpreter),
     # the system's as a fallback (Debian's python3 needs python3-venv for it).
     for python in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
-        made = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True)
+        made = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True,
+                              check=False)
         if made.returncode == 0:
             break
         shutil.rmtree(venv, ignore_errors=True)
@@ -54,7 +55,7 @@ def ensure_supervisord() -> Path:
         raise Unavailable(f"supervisord: python3 -m venv failed: {made.stderr.strip()[-500:]}")
     for cmd in ([str(bin_dir / "pip"), "install", "-q", SUPERVISOR_SPEC],):
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise Unavailable(f"supervisord: {' '.join(cmd)}: {exc}") from exc
         if done.returncode != 0:
@@ -75,7 +76,8 @@ def ensure_nginx() -> str:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "nginx"]):
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env,
+                                  check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise Unavailable(f"nginx: {' '.join(cmd)}: {exc}") from exc
         if done.returncode != 0:
@@ -111,10 +113,10 @@ def throwaway_users(count: int) -> Iterator[list[str]]:
 
 def remove_users(users: list[str]) -> None:
     for user in users:
-        subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)
+        subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True, check=False)
     for user in users:
-        subprocess.run(["userdel", user], capture_output=True)
-        subprocess.run(["groupdel", user], capture_output=True)
+        subprocess.run(["userdel", user], capture_output=True, check=False)
+        subprocess.run(["groupdel", user], capture_output=True, check=False)
 
 
 @contextmanager

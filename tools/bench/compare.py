@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Unavailable, ensure_nginx, ensure_supervisord, med_range, throwaway_users  # noqa: E402
+from common import Unavailable, ensure_nginx, ensure_supervisord, med_range, throwaway_users
 
 SYSTEMS = ("janus", "supervisord")
 # (key, label, scale, digits, pooled): pooled rows use every sample of every trial, the others
@@ -64,11 +64,12 @@ def lifecycle_table(results: dict[int, dict[str, list[dict[str, Any]]]],
 
 
 def relay_table(relay: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
-    lines = [f"| path | req/s, 100 B, {args.relay_clients} clients | p50 (µs) | p99 (µs) | "
-             "MB/s, 1 MiB responses |", "|---|---|---|---|---|"]
+    lines = [(f"| path | req/s, 100 B, {args.relay_clients} clients | p50 (µs) | p99 (µs) | "
+              "proxy CPU (µs/req) | MB/s, 1 MiB responses |"), "|---|---|---|---|---|---|"]
     for name, res in relay.items():
         lines.append(f"| {name} | {med_range(res['rps'], 1, 0)} | {res['p50_us']:.0f} | "
-                     f"{res['p99_us']:.0f} | {med_range(res['mbps'], 1, 0)} |")
+                     f"{res['p99_us']:.0f} | {med_range(res['cpu_us'], 1, 0)} | "
+                     f"{med_range(res['mbps'], 1, 0)} |")
     return "\n".join(lines)
 
 

@@ -27,12 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bench_cli  # type: ignore[import-not-found]
+import bench_lifecycle  # type: ignore[import-not-found]
 import psutil
-
 from common import REPO, copy_emulator, scratch_dir, stop_process, uid  # type: ignore[import-not-found]
-
-import bench_cli  # type: ignore[import-not-found]  # noqa: E402
-import bench_lifecycle  # type: ignore[import-not-found]  # noqa: E402
 
 SUPERVISORD_PORT_BASE = 28100
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -243,7 +241,7 @@ def _gid(user: str) -> int:
 def _kill_users(users: list[str]) -> None:
     """Nothing of a trial survives into the next one (the users themselves stay)."""
     for user in users:
-        subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)
+        subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True, check=False)
     deadline = time.monotonic() + 5
     uids = {uid(u) for u in users}
     while _owned_pids(uids) and time.monotonic() < deadline:

@@ -17,7 +17,8 @@ tenant with a fixed loopback port; the three paths reach that same process:
 The load generator is the same for all three: worker processes (fork), each with one
 keep-alive connection (``bench_relay.Reader``), closed loop, ``GET /bench/small`` with 8
 concurrent clients for requests/s and p50/p99 latency, then ``GET /bench/big`` (1 MiB) on one
-connection for MB/s (10^6 bytes). Rounds alternate the paths.
+connection for MB/s (10^6 bytes). Rounds alternate the paths. The proxy's own CPU time per
+small request (the janus daemon; nginx's worker) is read from /proc around each load.
 """
 
 from __future__ import annotations
@@ -37,10 +38,8 @@ from typing import Any
 
 import psutil
 import yaml
-
+from bench_relay import Reader  # type: ignore[import-not-found]
 from common import REPO, ensure_nginx, scratch_dir, stop_process, throwaway_users  # type: ignore[import-not-found]
-
-from bench_relay import Reader  # type: ignore[import-not-found]  # noqa: E402
 
 SMALL = b"GET /bench/small HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
 BIG = b"GET /bench/big HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
@@ -81,7 +80,7 @@ def _worker(target: Target, request: bytes, start_at: float, duration: float,
         elapsed = time.monotonic() - start_at
         sock.close()
         out.send((lat.tobytes(), moved, elapsed, None))
-    except Exception as exc:  # reported by the parent
+    except Exception as exc:  # noqa: BLE001  # reported by the parent
         out.send((b"", 0, 0.0, f"{type(exc).__name__}: {exc}"))
     finally:
         out.close()
@@ -186,6 +185,11 @@ def _wait(target: Target, timeout_s: float, procs: list[subprocess.Popen[bytes]]
             time.sleep(0.02)
 
 
+def _cpu(procs: list[psutil.Process]) -> float:
+    """User+system CPU seconds of ``procs`` so far."""
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
 def _stop_nginx(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None:
         return
@@ -205,7 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Measure the three paths, ``args.relay_rounds`` alternating rounds; raw results."""
     nginx = ensure_nginx()
     results: dict[str, dict[str, Any]] = {
-        p: {"lat": array("q"), "rps": [], "mbps": []} for p in PATHS}
+        p: {"lat": array("q"), "rps": [], "mbps": [], "cpu_us": []} for p in PATHS}
     with throwaway_users(1) as users, scratch_dir("janus-bench-r") as root:
         backend = root / "backend.py"
         shutil.copy2(Path(__file__).with_name("backend.py"), backend)
@@ -246,20 +250,31 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 print((root / "daemon.log").read_text(errors="replace")[-2000:],
                       file=sys.stderr)
                 raise
+            # the proxy's own CPU per small request: the daemon, or nginx's worker(s)
+            proxies: dict[str, list[psutil.Process]] = {
+                "direct": [], "janus": [psutil.Process(daemon.pid)],
+                "nginx": psutil.Process(ng.pid).children(),
+            }
+            proxies["nginx-buffered"] = proxies["nginx"]
             for rnd in range(args.relay_rounds):
                 for name in PATHS:
                     spy = None
                     if name == "janus" and rnd == 0 and getattr(args, "relay_profile", None):
                         # py-spy the daemon during the first round's 100-byte load
                         spy = subprocess.Popen(
-                            ["py-spy", "record", "-p", str(daemon.pid), "-f", "raw", "-o",
+                            [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+                             "record", "-p", str(daemon.pid), "-f", "raw", "-o",
                              args.relay_profile, "-d", str(max(1, int(args.relay_duration)))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    cpu0 = _cpu(proxies[name])
                     small = load(targets[name], SMALL, args.relay_clients, args.relay_duration)
+                    cpu = _cpu(proxies[name]) - cpu0
                     if spy is not None:
                         spy.wait()
                     res = results[name]
                     res["lat"].extend(small["lat"])
+                    if proxies[name]:
+                        res["cpu_us"].append(cpu / small["requests"] * 1e6)
                     res["rps"].append(small["requests"] / small["elapsed"])
                     big = load(targets[name], BIG, 1, args.relay_big_duration)
                     res["mbps"].append(big["bytes"] / big["elapsed"] / 1e6)

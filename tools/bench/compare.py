@@ -164,15 +164,26 @@ def main() -> int:
     parser.add_argument("--no-lifecycle", action="store_true")
     parser.add_argument("--no-relay", action="store_true")
     parser.add_argument("--json", help="also write the raw results to this file")
+    parser.add_argument("--install-only", action="store_true",
+                        help="only install supervisord and nginx if missing (exit 0 or 77)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("compare: run as root (it creates throwaway users)", file=sys.stderr)
         return 1
     # SIGTERM/SIGHUP unwind like Ctrl-C so every finally (users, processes, dirs) runs.
+    def unwind(signum: int, _frame: object) -> None:
+        print(f"compare: {signal.Signals(signum).name}, cleaning up", file=sys.stderr,
+              flush=True)
+        sys.exit(128 + signum)
+
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: sys.exit(143))
+        signal.signal(sig, unwind)
 
     try:
+        if args.install_only:
+            ensure_supervisord()
+            ensure_nginx()
+            return 0
         if not args.no_relay:
             ensure_nginx()
         results = None if args.no_lifecycle else run_lifecycle(args)

@@ -79,6 +79,19 @@ def children_of(pid: int) -> list[int]:
     return kids
 
 
+def own_children() -> list[int]:
+    """The daemon's children: servers are forked by the event-loop (main) thread, and orphans
+    re-parent to the main thread of a subreaper, so its list is the only one to read."""
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return [int(k) for k in f.read().split()]
+    except FileNotFoundError:
+        return children_of(pid)
+    except OSError:
+        return []
+
+
 def descendants_of(pid: int) -> list[int]:
     """Every descendant of ``pid``, breadth first."""
     found: list[int] = []
@@ -123,7 +136,7 @@ def _is_zombie(pid: int) -> bool:
 
 def reap_orphans() -> None:
     """Collect exit statuses of orphans re-parented to us (not the servers asyncio waits for)."""
-    for pid in children_of(os.getpid()):
+    for pid in own_children():
         if pid not in SERVER_PIDS and _is_zombie(pid):
             try:
                 os.waitpid(pid, os.WNOHANG)
@@ -146,7 +159,7 @@ class ProcessTracker:
     def observe(self) -> None:
         """Add the server's current descendants and orphans that carry its store in their env."""
         found = descendants_of(self.server.pid) if self._server_alive() else []
-        for pid in children_of(os.getpid()):
+        for pid in own_children():
             if pid in self.known or pid in SERVER_PIDS:
                 continue
             if _environ_has(pid, self._marker):
@@ -160,6 +173,11 @@ class ProcessTracker:
             self._save()
 
     def _server_alive(self) -> bool:
+        # A server the daemon spawned is its own child: its pid cannot be reused before
+        # asyncio has reaped it, and SERVER_PIDS drops it at that moment. That check is free;
+        # anything else is checked by start time.
+        if self.server.pid in SERVER_PIDS:
+            return True
         try:
             return self.server.matches(psutil.Process(self.server.pid))
         except psutil.Error:

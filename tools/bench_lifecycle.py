@@ -153,6 +153,12 @@ def run(args: argparse.Namespace) -> None:
         print(f"daemon CPU over {args.idle:.0f} s idle (liveness every 10 s): {cpu:.3f} s; "
               f"RSS {rss / 2**20:.1f} MiB")
 
+        log_text = (root / "daemon.log").read_text(errors="replace")
+        unplanned = [line for line in log_text.splitlines()
+                     if "-> backoff" in line or "liveness failed" in line]
+        print(f"unplanned restarts or failed probes before the kill trials: {len(unplanned)}")
+        for line in unplanned[:5]:
+            print("  " + line[:160])
         new_pids, answering = [], []
         for i in range(min(args.kills, args.tenants)):
             a, b = kill_trial(_uid(users[i]), sockets[i])

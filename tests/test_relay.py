@@ -357,7 +357,9 @@ CHAT = {"model": "janus-pro-7b-qa", "messages": [{"role": "user", "content": "hi
 WITH_IMAGE = {**CHAT, "messages": [{"role": "user", "content": "hi", "images": ["AAAA"]}]}
 
 
-async def run_policy_relay(tmp_path: Path, policy: TenantPolicy | None = None):  # type: ignore[no-untyped-def]
+async def run_policy_relay(  # type: ignore[no-untyped-def]
+    tmp_path: Path, policy: TenantPolicy | None = None
+):
     backend = ApiBackend()
     path = tmp_path / "qa.sock"
     sock = unix_listener(path)

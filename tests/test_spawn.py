@@ -33,7 +33,9 @@ def proc_status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
-async def start(script: str, tmp_path: Path, lines: list[str], identity=None):  # type: ignore[no-untyped-def]
+async def start(  # type: ignore[no-untyped-def]
+    script: str, tmp_path: Path, lines: list[str], identity=None
+):
     identity = identity or current_identity()
     return await spawn_server(
         Path("/bin/sh"), ["-c", script],

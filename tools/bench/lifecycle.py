@@ -30,7 +30,13 @@ from typing import Any
 import bench_cli  # type: ignore[import-not-found]
 import bench_lifecycle  # type: ignore[import-not-found]
 import psutil
-from common import REPO, copy_emulator, scratch_dir, stop_process, uid  # type: ignore[import-not-found]
+from common import (  # type: ignore[import-not-found]
+    REPO,
+    copy_emulator,
+    scratch_dir,
+    stop_process,
+    uid,
+)
 
 SUPERVISORD_PORT_BASE = 28100
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

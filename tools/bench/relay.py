@@ -39,7 +39,13 @@ from typing import Any
 import psutil
 import yaml
 from bench_relay import Reader  # type: ignore[import-not-found]
-from common import REPO, ensure_nginx, scratch_dir, stop_process, throwaway_users  # type: ignore[import-not-found]
+from common import (  # type: ignore[import-not-found]
+    REPO,
+    ensure_nginx,
+    scratch_dir,
+    stop_process,
+    throwaway_users,
+)
 
 SMALL = b"GET /bench/small HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
 BIG = b"GET /bench/big HTTP/1.1\r\nHost: localhost\r\nUser-Agent: bench\r\n\r\n"
@@ -261,8 +267,10 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                     spy = None
                     if name == "janus" and rnd == 0 and getattr(args, "relay_profile", None):
                         # py-spy the daemon during the first round's 100-byte load
+                        py_spy = (shutil.which("py-spy")
+                                  or str(Path(sys.executable).with_name("py-spy")))
                         spy = subprocess.Popen(
-                            [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+                            [py_spy,
                              "record", "-p", str(daemon.pid), "-f", "raw", "-o",
                              args.relay_profile, "-d", str(max(1, int(args.relay_duration)))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

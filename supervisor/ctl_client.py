@@ -85,12 +85,15 @@ class ControlClient:
             sock.settimeout(None)  # new lines may take any time to come
             yield from _ndjson(_chunks(sock, bytearray(rest)))
         except OSError as exc:
-            raise CtlError(
-                ec.UNREACHABLE,
-                f"the daemon at {self.socket_path} dropped the connection: {_reason(exc)}",
-            ) from None
+            raise self._dropped(exc) from None
         finally:
             sock.close()
+
+    def _dropped(self, exc: OSError) -> CtlError:
+        return CtlError(
+            ec.UNREACHABLE,
+            f"the daemon at {self.socket_path} dropped the connection: {_reason(exc)}",
+        )
 
     def _exchange(self, method: str, target: str, timeout_s: float) -> tuple[int, bytes]:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -106,10 +109,7 @@ class ControlClient:
                     f"the daemon at {self.socket_path} did not answer within {timeout_s:g} s",
                 ) from None
             except OSError as exc:
-                raise CtlError(
-                    ec.UNREACHABLE,
-                    f"the daemon at {self.socket_path} dropped the connection: {_reason(exc)}",
-                ) from None
+                raise self._dropped(exc) from None
         finally:
             sock.close()
 

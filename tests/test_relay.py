@@ -3,6 +3,7 @@ with and without a tenant policy."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -155,14 +156,21 @@ async def run_relay(  # type: ignore[no-untyped-def]
     return backend, path, sock, relay
 
 
-async def test_host_header_is_rewritten_to_localhost(tmp_path: Path) -> None:
-    backend, path, sock, relay = await run_relay(tmp_path, Gate(ready=True))
+@contextlib.asynccontextmanager
+async def relay_running(backend, relay: Relay, sock: socket.socket):  # type: ignore[no-untyped-def]
+    """The backend and the relay serve while the body runs; both stop afterwards."""
     async with anyio.create_task_group() as tg:
         await tg.start(backend.serve)
         tg.start_soon(relay.serve, sock)
+        yield
+        tg.cancel_scope.cancel()
+
+
+async def test_host_header_is_rewritten_to_localhost(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_relay(tmp_path, Gate(ready=True))
+    async with relay_running(backend, relay, sock):
 
         answer = await request(path, b"GET /api/tags HTTP/1.1\r\nHost: example.com\r\n\r\n")
-        tg.cancel_scope.cancel()
 
     head = str(body_of(answer)["head"])
     assert "Host: localhost" in head
@@ -175,12 +183,9 @@ async def test_chunked_request_body_arrives_whole(tmp_path: Path) -> None:
         b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     )
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
 
         await request(path, raw)
-        tg.cancel_scope.cancel()
 
     sent = backend.received[0]
     assert sent.endswith(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
@@ -189,16 +194,13 @@ async def test_chunked_request_body_arrives_whole(tmp_path: Path) -> None:
 async def test_keepalive_requests_are_each_rewritten(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_relay(tmp_path, Gate(ready=True))
     one = b"POST /a HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\n\r\nabc"
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with await anyio.connect_unix(str(path)) as stream:
             for _ in range(2):
                 await stream.send(one)
                 with anyio.fail_after(5):
                     while len(backend.received) < _ + 1:
                         await anyio.sleep(0.005)
-        tg.cancel_scope.cancel()
 
     assert len(backend.received) == 2
     assert all(b"Host: localhost" in r and b"a.example" not in r for r in backend.received)
@@ -206,12 +208,9 @@ async def test_keepalive_requests_are_each_rewritten(tmp_path: Path) -> None:
 
 async def test_not_ready_tenant_answers_503_with_ollama_error(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_relay(tmp_path, Gate(ready=False), wait_s=0.1)
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
 
         answer = await request(path, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        tg.cancel_scope.cancel()
 
     assert answer.startswith(b"HTTP/1.1 503")
     assert body_of(answer) == {"error": "tenant dev is not ready (state starting)"}
@@ -234,12 +233,9 @@ async def test_connection_waits_for_readiness_then_is_relayed(tmp_path: Path) ->
 
 async def test_malformed_request_gets_400_and_never_reaches_backend(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_relay(tmp_path, Gate(ready=True))
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
 
         answer = await request(path, b"NOT HTTP AT ALL\x00\r\n\r\n")
-        tg.cancel_scope.cancel()
 
     assert answer.startswith(b"HTTP/1.1 400")
     assert backend.received == []
@@ -374,13 +370,10 @@ async def test_refused_request_never_reaches_backend_and_keeps_the_connection(
 ) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
     before = refusals("images")
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with uds_client(path) as http:
             refused = await http.post("/api/chat", json=WITH_IMAGE)
             answered = await http.post("/api/chat", json=CHAT)
-        tg.cancel_scope.cancel()
 
     assert refused.status_code == 400
     assert refused.json() == {
@@ -396,13 +389,10 @@ async def test_refusal_is_logged_with_rule_route_and_peer_uid(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with uds_client(path) as http:
             with caplog.at_level(logging.WARNING, logger="supervisor.relay"):
                 await http.request("DELETE", "/api/delete", json={"model": "janus-pro-7b-qa"})
-        tg.cancel_scope.cancel()
 
     [record] = [r for r in caplog.records if r.name == "supervisor.relay"]
     assert record.levelno == logging.WARNING
@@ -419,11 +409,8 @@ async def test_allowed_request_arrives_unchanged_but_for_host(tmp_path: Path) ->
         b"POST /api/chat HTTP/1.1\r\nHost: ollama.example\r\nX-Trace: 1\r\n"
         b"Origin: http://localhost\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     )
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         answer = await request(path, raw)
-        tg.cancel_scope.cancel()
 
     [seen] = backend.requests
     assert answer.startswith(b"HTTP/1.1 200")
@@ -443,11 +430,8 @@ async def test_chunked_inspected_body_is_relayed_whole(tmp_path: Path) -> None:
         b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (body[:5], len(body) - 5, body[5:])
     )
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         answer = await request(path, raw)
-        tg.cancel_scope.cancel()
 
     assert answer.startswith(b"HTTP/1.1 200")
     assert backend.requests[0].body == body
@@ -455,13 +439,10 @@ async def test_chunked_inspected_body_is_relayed_whole(tmp_path: Path) -> None:
 
 async def test_model_list_shows_only_allowed_models(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with uds_client(path) as http:
             tags = await http.get("/api/tags")
             head = await http.head("/")
-        tg.cancel_scope.cancel()
 
     assert [m["name"] for m in tags.json()["models"]] == ["janus-pro-7b-qa:latest"]
     assert tags.headers["content-length"] == str(len(tags.content))
@@ -471,13 +452,10 @@ async def test_model_list_shows_only_allowed_models(tmp_path: Path) -> None:
 
 async def test_without_policy_model_list_passes_untouched(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, None)
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with uds_client(path) as http:
             tags = await http.get("/api/tags")
             refused_elsewhere = await http.post("/api/create", json={"model": "x"})
-        tg.cancel_scope.cancel()
 
     assert [m["name"] for m in tags.json()["models"]] == MODELS
     assert refused_elsewhere.status_code == 200
@@ -486,12 +464,9 @@ async def test_without_policy_model_list_passes_untouched(tmp_path: Path) -> Non
 async def test_oversized_body_gets_413_and_never_reaches_backend(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy(max_body_bytes=1024))
     big = {**CHAT, "pad": "x" * 200_000}
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with uds_client(path) as http:
             answer = await http.post("/api/chat", json=big)
-        tg.cancel_scope.cancel()
 
     assert answer.status_code == 413
     assert "tenants.qa.policy.max_body_bytes" in answer.json()["error"]
@@ -507,13 +482,10 @@ async def test_blob_upload_beyond_its_limit_is_cut_off(tmp_path: Path) -> None:
         for _ in range(10):
             yield b"x" * 65536
 
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with uds_client(path) as http:
             declared = await http.post("/api/blobs/sha256:00", content=b"x" * 200_000)
             streamed = await http.post("/api/blobs/sha256:00", content=chunks())
-        tg.cancel_scope.cancel()
 
     assert declared.status_code == streamed.status_code == 413
     assert "tenants.qa.policy.max_blob_bytes" in streamed.json()["error"]
@@ -524,9 +496,7 @@ async def test_requests_in_flight_counts_forwarded_until_answered(tmp_path: Path
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
     backend.hold = anyio.Event()
     seen: list[int] = []
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with uds_client(path) as http:
             async with anyio.create_task_group() as inner:
                 inner.start_soon(functools.partial(http.post, "/api/chat", json=CHAT))
@@ -536,7 +506,6 @@ async def test_requests_in_flight_counts_forwarded_until_answered(tmp_path: Path
             seen.append(relay.requests_in_flight())
             await http.head("/")
             seen.append(relay.requests_in_flight())
-        tg.cancel_scope.cancel()
 
     assert seen == [1, 0, 0]
 
@@ -548,9 +517,7 @@ async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
     create = b"POST /api/create HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
     head = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
     last = b"GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with await anyio.connect_unix(str(path)) as stream:
             await stream.send(chat + create + head + chat + last)
             await stream.send_eof()
@@ -558,7 +525,6 @@ async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
             with anyio.fail_after(10):
                 while chunk := await receive_or_empty(stream):
                     data += chunk
-        tg.cancel_scope.cancel()
 
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
     assert statuses == [b"200", b"403", b"200", b"200", b"200"]
@@ -580,16 +546,13 @@ async def test_expect_continue_on_inspected_route_is_answered_by_the_relay(tmp_p
         b"POST /api/chat HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body)
     )
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with await anyio.connect_unix(str(path)) as stream:
             await stream.send(head)
             with anyio.fail_after(10):
                 interim = await stream.receive()
                 await stream.send(body)
                 final = await stream.receive()
-        tg.cancel_scope.cancel()
 
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert final.startswith(b"HTTP/1.1 200")
@@ -598,12 +561,9 @@ async def test_expect_continue_on_inspected_route_is_answered_by_the_relay(tmp_p
 
 async def test_percent_encoded_route_is_judged_as_decoded(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with uds_client(path) as http:
             answer = await http.post("/api/%63reate", json={"model": "janus-pro-7b-qa"})
-        tg.cancel_scope.cancel()
 
     assert answer.status_code == 403
     assert backend.requests == []
@@ -615,11 +575,8 @@ async def test_broken_chunked_body_gets_400_without_waiting_for_the_server(tmp_p
         b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\nhello\r\nzz\r\n"
     )
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         answer = await request(path, raw)
-        tg.cancel_scope.cancel()
 
     assert answer.startswith(b"HTTP/1.1 400")
     assert relay.requests_in_flight() == 0
@@ -628,11 +585,8 @@ async def test_broken_chunked_body_gets_400_without_waiting_for_the_server(tmp_p
 async def test_absolute_form_target_reaches_the_server_as_a_path(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
     raw = b"GET http://ollama:11434/api/version?x=1 HTTP/1.1\r\nHost: ollama\r\n\r\n"
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         answer = await request(path, raw)
-        tg.cancel_scope.cancel()
 
     assert answer.startswith(b"HTTP/1.1 200")
     assert [r.url for r in backend.requests] == [b"/api/version?x=1"]
@@ -640,13 +594,10 @@ async def test_absolute_form_target_reaches_the_server_as_a_path(tmp_path: Path)
 
 async def test_refused_head_request_gets_no_body_and_keeps_the_connection(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
-    async with anyio.create_task_group() as tg:
-        await tg.start(backend.serve)
-        tg.start_soon(relay.serve, sock)
+    async with relay_running(backend, relay, sock):
         async with uds_client(path) as http:
             refused = await http.head("/api/blobs/sha256:00")
             answered = await http.get("/api/version")
-        tg.cancel_scope.cancel()
 
     assert refused.status_code == 403 and refused.content == b""
     assert answered.status_code == 200 and answered.json()["url"] == "/api/version"

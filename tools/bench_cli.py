@@ -68,7 +68,8 @@ def serve_in_thread(path: Path) -> threading.Event:
 
     async def main() -> None:
         bound = bind_unix_socket(path, mode=0o600, uid=os.geteuid(), gid=os.getegid())
-        server = ControlServer(StaticAPI(), ControlConfig(socket=path, mode=0o600), bound)  # type: ignore[arg-type]
+        control = ControlConfig(socket=path, mode=0o600)
+        server = ControlServer(StaticAPI(), control, bound)  # type: ignore[arg-type]
         await server.start()
         ready.set()
         while not stop.is_set():

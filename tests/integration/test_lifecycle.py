@@ -166,6 +166,7 @@ def test_crash_loop_backs_off_then_fails(deployment: Deployment) -> None:
     assert status["restarts"] == 4
     assert status["last_exit"]["code"] == 1
     assert "restart budget" in status["last_error"]
+    assert status["since"] >= status["last_exit"]["at"]  # when it became failed, after the exit
     assert deployment.ctl("start", "dev").returncode in (0, 4)
     assert deployment.status("dev")["state"] != "failed"
 

@@ -10,13 +10,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from supervisor.status import TenantState
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def exposition() -> bytes:
+    """Every metric of ``REGISTRY`` in the Prometheus text format, collected now."""
+    return generate_latest(REGISTRY)
+
 
 POLICY_REFUSALS = Counter(
     "janus_policy_refusals_total",
@@ -101,32 +108,45 @@ def _families() -> dict[str, Family]:
     return {
         "up": GaugeMetricFamily("janus_tenant_up", "1 while the tenant's server runs.", labels=t),
         "ready": GaugeMetricFamily(
-            "janus_tenant_ready", "1 when the tenant is ready (server answers, variants built).",
-            labels=t),
+            "janus_tenant_ready",
+            "1 when the tenant is ready (server answers, variants built).",
+            labels=t,
+        ),
         "state": GaugeMetricFamily(
-            "janus_tenant_state", "1 for the tenant's current life-cycle state, else 0.",
-            labels=["tenant", "state"]),
+            "janus_tenant_state",
+            "1 for the tenant's current life-cycle state, else 0.",
+            labels=["tenant", "state"],
+        ),
         "restarts": CounterMetricFamily(
             "janus_tenant_restarts",
             "Ends of the tenant's server, by cause (each followed by a new start unless the "
             "restart policy or budget says otherwise).",
-            labels=["tenant", "cause"]),
+            labels=["tenant", "cause"],
+        ),
         "probes": CounterMetricFamily(
-            "janus_tenant_probe_failures", "Failed liveness probes.", labels=t),
+            "janus_tenant_probe_failures", "Failed liveness probes.", labels=t
+        ),
         "ttr": GaugeMetricFamily(
             "janus_tenant_time_to_ready_seconds",
-            "From spawning the server to ready, for its latest start.", labels=t),
+            "From spawning the server to ready, for its latest start.",
+            labels=t,
+        ),
         "uptime": GaugeMetricFamily(
-            "janus_tenant_uptime_seconds", "Age of the running server.", labels=t),
+            "janus_tenant_uptime_seconds", "Age of the running server.", labels=t
+        ),
         "rss": GaugeMetricFamily(
             "janus_tenant_memory_rss_bytes",
-            "Resident memory of the server and its runner processes.", labels=t),
+            "Resident memory of the server and its runner processes.",
+            labels=t,
+        ),
         "cpu": CounterMetricFamily(
             "janus_tenant_cpu_seconds",
             "CPU time (user + system) of the running server and its runner processes.",
-            labels=t),
+            labels=t,
+        ),
         "procs": GaugeMetricFamily(
-            "janus_tenant_processes", "Processes of the server, runners included.", labels=t),
+            "janus_tenant_processes", "Processes of the server, runners included.", labels=t
+        ),
     }
 
 

@@ -587,6 +587,20 @@ async def test_trickled_headers_are_cut_off(serve: Serve, api: FakeAPI) -> None:
     assert data == b""  # dropped without an answer before the headers were complete
 
 
+async def test_oversized_headers_are_refused_and_the_connection_closed(
+    serve: Serve, api: FakeAPI
+) -> None:
+    server = await serve(api)
+    head = "GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Big: " + "y" * 20000
+
+    reply = await raw_request(server, head)
+
+    assert reply.status == 431
+    assert reply.headers["Connection"] == "close"
+    assert reply.body["error"].startswith("malformed HTTP request")
+    assert api.calls == []
+
+
 # -- rights, with real users (case C5) -------------------------------------------------------
 
 

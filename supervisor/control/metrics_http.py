@@ -7,26 +7,34 @@ TCP carries no caller identity, so any local user can read it, and nothing else 
 
 from __future__ import annotations
 
+import json
 import logging
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from supervisor.config import parse_loopback_address
-from supervisor.metrics import REGISTRY
+from supervisor.control.http import HTTPServer, Request, Response
+from supervisor.metrics import CONTENT_TYPE, exposition
 
 log = logging.getLogger(__name__)
 
 
-def metrics_response() -> web.Response:
+def metrics_response() -> Response:
     """Every metric of the daemon in the Prometheus text format, collected now."""
-    return web.Response(
-        body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    return Response(200, exposition(), content_type=CONTENT_TYPE)
 
 
-async def _serve_metrics(_request: web.Request) -> web.Response:
+async def _serve_metrics(request: Request) -> Response:
+    if request.path != "/metrics":
+        return _error(404, f"no route {request.raw_path[:80]}; only GET /metrics is served here")
+    if request.method != "GET":
+        return _error(405, f"method {request.method} not allowed on /metrics; use GET")
+    if request.body_error is not None:
+        return _error(*request.body_error)
     return metrics_response()
+
+
+def _error(status: int, message: str) -> Response:
+    body = json.dumps({"error": message}).encode() + b"\n"
+    return Response(status, body, headers={"Allow": "GET"} if status == 405 else {})
 
 
 class MetricsListener:
@@ -34,19 +42,17 @@ class MetricsListener:
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self._runner: web.AppRunner | None = None
+        self._http: HTTPServer | None = None
 
     async def start(self) -> bool:
         """Listen; on failure log a WARNING and return False (the daemon runs on without it)."""
         host, port = parse_loopback_address(self.address)
-        app = web.Application()
-        app.router.add_get("/metrics", _serve_metrics, allow_head=False)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await runner.setup()
+        http = HTTPServer(
+            _serve_metrics, request_timeout_s=10.0, shutdown_timeout_s=5.0, max_body_bytes=0
+        )
         try:
-            await web.TCPSite(runner, host, port).start()
+            await http.serve_tcp(host, port)
         except OSError as exc:
-            await runner.cleanup()
             log.warning(
                 "control.metrics_address %s: cannot listen (%s); /metrics stays on the control "
                 "socket only; free the address and restart the daemon",
@@ -54,11 +60,11 @@ class MetricsListener:
                 exc.strerror or exc,
             )
             return False
-        self._runner = runner
+        self._http = http
         log.info("control: serving /metrics on http://%s/metrics", self.address)
         return True
 
     async def close(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.close()

@@ -32,13 +32,12 @@ When a client leaves, its request's task is cancelled (that is how a ``logs?foll
 ends); the daemon finishes reloads and rebuilds on its own.
 
 No route needs a body: bodies are capped at 64 KiB and must arrive within the request timeout,
-headers likewise (aiohttp's keep-alive timer also bounds a connection that has not sent a whole
-request yet), so a slow or flooding client is cut off while others are served.
+headers likewise, so a slow or flooding client is cut off while others are served (HTTP
+framing: ``supervisor.control.http``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import grp
 import json
 import logging
@@ -46,16 +45,17 @@ import math
 import os
 import pwd
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from aiohttp import web
 from pydantic import BaseModel
 
 from supervisor.config import ControlConfig
 from supervisor.control.api import LogLines, LogStream, SupervisorAPI
+from supervisor.control.http import HTTPServer, Request, Response
 from supervisor.control.metrics_http import metrics_response
 from supervisor.errors import ConfigError, ControlError, SupervisorError
 from supervisor.logs import RING_LINES
@@ -75,16 +75,17 @@ ROUTES_HELP = (
     "POST /v1/reload[?dry_run=1], POST /v1/logs/reopen, GET /metrics"
 )
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class _Refusal(Exception):
     """A request answered with an error status and ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,13 @@ class ControlServer:
         self._api = api
         self._control = control
         self._bound = bound
-        self._request_timeout_s = request_timeout_s
-        self._shutdown_timeout_s = shutdown_timeout_s
-        self._runner: web.AppRunner | None = None
+        self._http = HTTPServer(
+            self._dispatch,
+            request_timeout_s=request_timeout_s,
+            shutdown_timeout_s=shutdown_timeout_s,
+            max_body_bytes=MAX_BODY_BYTES,
+        )
+        self._routes = self._make_routes()
         self._streams: set[LogStream] = set()
 
     @property
@@ -156,38 +161,14 @@ class ControlServer:
                     key,
                     group,
                 )
-        runner = web.AppRunner(
-            self._make_app(),
-            handle_signals=False,
-            # A client that leaves cancels its request: the end of a `logs -f` stream.
-            handler_cancellation=True,
-            access_log=None,
-            shutdown_timeout=self._shutdown_timeout_s,
-            # The keep-alive timer also runs from accept until a request's headers are in:
-            # it is what cuts off a client trickling its headers.
-            keepalive_timeout=self._request_timeout_s,
-            # A refused body is never read: close at once instead of draining it.
-            lingering_time=0,
-            max_line_size=8190,
-            max_field_size=8190,
-            max_headers=64,
-        )
-        await runner.setup()
-        try:
-            await web.SockSite(runner, self._bound.sock).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        await self._http.serve_unix(self._bound.sock)
         log.info("control: serving on %s", self.path)
 
     async def close(self) -> None:
         """Stop serving, close the socket and remove its path; end every log stream first."""
         for stream in list(self._streams):
             stream.close()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        await self._http.close()
         self._bound.close()
 
     async def __aenter__(self) -> Self:
@@ -202,23 +183,22 @@ class ControlServer:
     ) -> None:
         await self.close()
 
-    def _make_app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=MAX_BODY_BYTES,
-            middlewares=[self._errors_as_json, self._limit_body],
-        )
-        app.router.add_get("/v1/status", self._status, allow_head=False)
-        app.router.add_get("/v1/tenants/{name}", self._tenant, allow_head=False)
-        app.router.add_get("/v1/tenants/{name}/ready", self._ready, allow_head=False)
-        app.router.add_post("/v1/tenants/{name}/start", self._action("start"))
-        app.router.add_post("/v1/tenants/{name}/stop", self._action("stop"))
-        app.router.add_post("/v1/tenants/{name}/restart", self._action("restart"))
-        app.router.add_post("/v1/tenants/{name}/rebuild", self._rebuild)
-        app.router.add_get("/v1/tenants/{name}/logs", self._logs, allow_head=False)
-        app.router.add_post("/v1/reload", self._reload)
-        app.router.add_post("/v1/logs/reopen", self._reopen_logs)
-        app.router.add_get("/metrics", self._metrics, allow_head=False)
-        return app
+    def _make_routes(self) -> list[tuple[str, re.Pattern[str], Handler]]:
+        tenant = "/v1/tenants/(?P<name>[^/]+)"
+        routes: list[tuple[str, str, Handler]] = [
+            ("GET", "/v1/status", self._status),
+            ("GET", tenant, self._tenant),
+            ("GET", f"{tenant}/ready", self._ready),
+            ("POST", f"{tenant}/start", self._action("start")),
+            ("POST", f"{tenant}/stop", self._action("stop")),
+            ("POST", f"{tenant}/restart", self._action("restart")),
+            ("POST", f"{tenant}/rebuild", self._rebuild),
+            ("GET", f"{tenant}/logs", self._logs),
+            ("POST", "/v1/reload", self._reload),
+            ("POST", "/v1/logs/reopen", self._reopen_logs),
+            ("GET", "/metrics", self._metrics),
+        ]
+        return [(method, re.compile(pattern), handler) for method, pattern, handler in routes]
 
     def apply_control(self, control: ControlConfig) -> None:
         """Take access settings from a reload: groups at once, socket mode and group in place.
@@ -235,51 +215,54 @@ class ControlServer:
             os.chown(self._bound.path, -1, -1 if gid is None else gid, follow_symlinks=False)
             os.chmod(self._bound.path, control.mode)
         except OSError as exc:
-            log.warning("control: cannot apply mode %04o and group %s to %s (%s); restart the "
-                        "daemon to apply them", control.mode, control.group, self.path, exc)
+            log.warning(
+                "control: cannot apply mode %04o and group %s to %s (%s); restart the "
+                "daemon to apply them",
+                control.mode,
+                control.group,
+                self.path,
+                exc,
+            )
 
-    # -- middlewares ---------------------------------------------------------------------
+    # -- dispatch ------------------------------------------------------------------------
 
-    @web.middleware
-    async def _errors_as_json(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        headers = None
+    async def _dispatch(self, request: Request) -> Response:
+        """Route ``request``; every refusal is answered as JSON and logged with the caller."""
         try:
-            return await handler(request)
+            if request.body_error is not None:
+                raise _Refusal(*request.body_error)
+            return await self._route(request)(request)
         except _Refusal as exc:
-            status, message = exc.status, exc.message
-        except web.HTTPException as exc:
-            status, message, headers = _router_error(request, exc)
+            _log_refusal(request, exc.status, exc.message)
+            return _error(exc.status, exc.message, exc.headers)
         except Exception:
             log.exception("control: %s %s failed", request.method, _shown_path(request))
             return _error(500, "internal error in janus-supervisord; see its log")
-        _log_refusal(request, status, message)
-        return _error(status, message, headers)
 
-    @web.middleware
-    async def _limit_body(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        length = request.content_length
-        if length is not None and length > MAX_BODY_BYTES:
-            raise _Refusal(413, f"request body of {length} bytes refused; no route takes one")
-        if request.body_exists:
-            await self._drain_body(request)
-        return await handler(request)
-
-    async def _drain_body(self, request: web.Request) -> None:
-        size = 0
-        try:
-            async with asyncio.timeout(self._request_timeout_s):
-                while chunk := await request.content.readany():
-                    size += len(chunk)
-                    if size > MAX_BODY_BYTES:
-                        raise _Refusal(413, f"request body over {MAX_BODY_BYTES} bytes refused")
-        except TimeoutError:
+    def _route(self, request: Request) -> Handler:
+        """The handler of the request's method and path; a 404 or 405 refusal otherwise."""
+        path = request.path
+        allowed = []
+        for method, pattern, handler in self._routes:
+            if (match := pattern.fullmatch(path)) is None:
+                continue
+            if method == request.method:
+                request.params = match.groupdict()
+                return handler
+            allowed.append(method)
+        shown = _shown_path(request)
+        if allowed:
+            methods = ", ".join(sorted(set(allowed)))
             raise _Refusal(
-                408, f"request body not received within {self._request_timeout_s:g} s"
-            ) from None
+                405,
+                f"method {request.method} not allowed on {shown}; use {methods}",
+                {"Allow": methods},
+            )
+        raise _Refusal(404, f"no route {shown}; routes: {ROUTES_HELP}")
 
     # -- read routes ---------------------------------------------------------------------
 
-    async def _status(self, request: web.Request) -> web.Response:
+    async def _status(self, request: Request) -> Response:
         caller = self._identify(request)
         status = self._api.daemon_status()
         if not caller.is_reader:
@@ -289,16 +272,16 @@ class ControlServer:
             status = status.model_copy(update={"tenants": own})
         return _json(status)
 
-    async def _tenant(self, request: web.Request) -> web.Response:
+    async def _tenant(self, request: Request) -> Response:
         name = self._authorize_read(request)
         try:
             return _json(self._api.tenant_status(name))
         except KeyError:
             raise self._unknown(name) from None  # removed by a reload meanwhile
 
-    async def _ready(self, request: web.Request) -> web.Response:
+    async def _ready(self, request: Request) -> Response:
         name = self._authorize_read(request)
-        wait_s = _parse_wait(request.query.getall("wait", []))
+        wait_s = _parse_wait(request.query.get("wait", []))
         try:
             if wait_s > 0:
                 status = await self._api.wait_ready(name, wait_s)
@@ -308,10 +291,10 @@ class ControlServer:
             raise self._unknown(name) from None
         return _json(status, status=200 if status.ready else 503)
 
-    async def _logs(self, request: web.Request) -> web.StreamResponse:
+    async def _logs(self, request: Request) -> Response:
         name = self._authorize_read(request)
-        lines = _parse_lines(request.query.getall("lines", []))
-        follow = _parse_flag("follow", request.query.getall("follow", []))
+        lines = _parse_lines(request.query.get("lines", []))
+        follow = _parse_flag("follow", request.query.get("follow", []))
         try:
             if follow:
                 stream = self._api.follow_logs(name, lines)
@@ -319,31 +302,32 @@ class ControlServer:
                 return _json(LogLines(tenant=name, lines=self._api.tenant_logs(name, lines)))
         except KeyError:
             raise self._unknown(name) from None
-        with stream as follower:
-            return await self._stream_lines(request, follower)
+        body = self._stream_lines(stream)
+        await anext(body)  # the follower is registered before the answer's head goes out
+        return Response(200, body, content_type="application/x-ndjson")
 
-    async def _stream_lines(self, request: web.Request, stream: LogStream) -> web.StreamResponse:
-        """NDJSON ``{"line": ...}`` chunks until the stream ends or the client leaves."""
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        response.enable_chunked_encoding()
-        self._streams.add(stream)
-        try:
-            await response.prepare(request)
-            dropped = 0
-            while (batch := await stream.next_lines()) is not None:
-                records: list[dict[str, object]] = [{"line": line} for line in batch]
-                if stream.dropped > dropped:
-                    records.insert(0, {"dropped": stream.dropped - dropped})
-                    dropped = stream.dropped
-                await response.write("".join(json.dumps(r) + "\n" for r in records).encode())
-            await response.write_eof()
-        except ConnectionResetError:
-            pass  # the client left between two lines
-        finally:
-            self._streams.discard(stream)
-        return response
+    async def _stream_lines(
+        self, opened: AbstractContextManager[LogStream]
+    ) -> AsyncGenerator[bytes, None]:
+        """NDJSON ``{"line": ...}`` chunks until the stream ends or the client leaves.
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+        The first chunk is empty: it comes once the stream is open.
+        """
+        with opened as stream:
+            self._streams.add(stream)
+            try:
+                yield b""
+                dropped = 0
+                while (batch := await stream.next_lines()) is not None:
+                    records: list[dict[str, object]] = [{"line": line} for line in batch]
+                    if stream.dropped > dropped:
+                        records.insert(0, {"dropped": stream.dropped - dropped})
+                        dropped = stream.dropped
+                    yield "".join(json.dumps(r) + "\n" for r in records).encode()
+            finally:
+                self._streams.discard(stream)
+
+    async def _metrics(self, request: Request) -> Response:
         caller = self._identify(request)
         if not caller.is_reader:
             groups = [g for g in (self._control.admin_group, self._control.read_group) if g]
@@ -351,7 +335,7 @@ class ControlServer:
             raise _forbidden(caller, "read /metrics", f"needs read access to every tenant ({who})")
         return metrics_response()
 
-    def _authorize_read(self, request: web.Request) -> str:
+    def _authorize_read(self, request: Request) -> str:
         name = _tenant_name(request)
         caller = self._identify(request)
         if not (caller.is_reader or self._owns(caller, name)):
@@ -369,7 +353,7 @@ class ControlServer:
         }
         act = actions[verb]
 
-        async def handle(request: web.Request) -> web.Response:
+        async def handle(request: Request) -> Response:
             name = self._authorize_action(request, verb)
             try:
                 status = await act(name)
@@ -381,7 +365,7 @@ class ControlServer:
 
         return handle
 
-    def _authorize_action(self, request: web.Request, verb: str) -> str:
+    def _authorize_action(self, request: Request, verb: str) -> str:
         """Name of the tenant an admin acts on; the request is logged with the caller's uid."""
         name = _tenant_name(request)
         caller = self._require_admin(request, f"{verb} tenant {name}")
@@ -396,14 +380,14 @@ class ControlServer:
         )
         return name
 
-    def _require_admin(self, request: web.Request, what: str) -> Caller:
+    def _require_admin(self, request: Request, what: str) -> Caller:
         caller = self._identify(request)
         if not caller.is_admin:
             raise _forbidden(caller, what, f"needs admin ({self._admin_desc()})")
         return caller
 
-    async def _rebuild(self, request: web.Request) -> web.Response:
-        variant = _parse_variant(request.query.getall("variant", []))
+    async def _rebuild(self, request: Request) -> Response:
+        variant = _parse_variant(request.query.get("variant", []))
         name = self._authorize_action(request, "rebuild" + (f" {variant}" if variant else ""))
         try:
             status = await self._api.rebuild_tenant(name, variant)
@@ -415,12 +399,17 @@ class ControlServer:
             raise _Refusal(409, str(exc)) from exc
         return _json(status)
 
-    async def _reload(self, request: web.Request) -> web.Response:
-        dry_run = _parse_flag("dry_run", request.query.getall("dry_run", []))
+    async def _reload(self, request: Request) -> Response:
+        dry_run = _parse_flag("dry_run", request.query.get("dry_run", []))
         what = "reload the configuration" + (" (dry run)" if dry_run else "")
         caller = self._require_admin(request, what)
-        log.info("control: %s requested by uid %d (pid %d)", what, caller.uid, caller.pid,
-                 extra={"uid": caller.uid})
+        log.info(
+            "control: %s requested by uid %d (pid %d)",
+            what,
+            caller.uid,
+            caller.pid,
+            extra={"uid": caller.uid},
+        )
         try:
             plan = await self._api.reload(dry_run)
         except ConfigError as exc:
@@ -429,21 +418,24 @@ class ControlServer:
             raise _Refusal(409, str(exc)) from exc
         return _json(plan)
 
-    async def _reopen_logs(self, request: web.Request) -> web.Response:
+    async def _reopen_logs(self, request: Request) -> Response:
         caller = self._require_admin(request, "reopen the log files")
         paths = self._api.reopen_logs()
-        log.info("control: log files reopened for uid %d (pid %d): %d files", caller.uid,
-                 caller.pid, len(paths), extra={"uid": caller.uid})
-        return web.json_response({"reopened": paths})
+        log.info(
+            "control: log files reopened for uid %d (pid %d): %d files",
+            caller.uid,
+            caller.pid,
+            len(paths),
+            extra={"uid": caller.uid},
+        )
+        return Response(200, json.dumps({"reopened": paths}).encode())
 
     # -- identity and rights -------------------------------------------------------------
 
-    def _identify(self, request: web.Request) -> Caller:
-        transport = request.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
+    def _identify(self, request: Request) -> Caller:
+        if request.sock is None:
             raise _Refusal(400, "connection closed before the caller could be identified")
-        pid, uid, gid = peer_credentials(sock)
+        pid, uid, gid = peer_credentials(request.sock)
         is_admin = uid == 0 or _is_member(self._control.admin_group, uid, gid)
         is_reader = is_admin or _is_member(self._control.read_group, uid, gid)
         return Caller(pid=pid, uid=uid, gid=gid, is_admin=is_admin, is_reader=is_reader)
@@ -475,25 +467,10 @@ def _forbidden(caller: Caller, what: str, needs: str) -> _Refusal:
     return _Refusal(403, f"uid {caller.uid} may not {what}: {needs}")
 
 
-def _router_error(
-    request: web.Request, exc: web.HTTPException
-) -> tuple[int, str, dict[str, str] | None]:
-    """Status, message and headers for an answer of aiohttp's router (no route, wrong method)."""
-    path = _shown_path(request)
-    if isinstance(exc, web.HTTPMethodNotAllowed):
-        allowed = ", ".join(sorted(exc.allowed_methods))
-        message = f"method {request.method} not allowed on {path}; use {allowed}"
-        return 405, message, {"Allow": allowed}
-    if isinstance(exc, web.HTTPNotFound):
-        return 404, f"no route {path}; routes: {ROUTES_HELP}", None
-    return exc.status, exc.reason, None
-
-
-def _log_refusal(request: web.Request, status: int, message: str) -> None:
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
+def _log_refusal(request: Request, status: int, message: str) -> None:
+    sock = request.sock
     pid, uid, _ = peer_credentials(sock) if sock is not None else (-1, -1, -1)
-    name = request.match_info.get("name", "")
+    name = request.params.get("name", "")
     log.warning(
         "control: refused %s %s from uid %d (pid %d) with %d: %s",
         request.method,
@@ -506,8 +483,8 @@ def _log_refusal(request: web.Request, status: int, message: str) -> None:
     )
 
 
-def _tenant_name(request: web.Request) -> str:
-    name = request.match_info["name"]
+def _tenant_name(request: Request) -> str:
+    name = request.params["name"]
     if not TENANT_NAME.fullmatch(name):
         raise _Refusal(
             400,
@@ -556,14 +533,16 @@ def _parse_variant(values: list[str]) -> str | None:
     return values[-1]
 
 
-def _invalid_config(exc: ConfigError) -> web.Response:
+def _invalid_config(exc: ConfigError) -> Response:
     """422 naming every problem of the new config file; nothing was changed."""
     problems = [str(p) for p in exc.problems]
-    message = (f"the configuration has {len(problems)} problem(s); nothing was changed. "
-               "Fix them and reload again")
+    message = (
+        f"the configuration has {len(problems)} problem(s); nothing was changed. "
+        "Fix them and reload again"
+    )
     log.error("control: reload refused: %s: %s", message, "; ".join(problems))
     body = json.dumps({"error": message, "problems": problems}) + "\n"
-    return web.Response(status=422, text=body, content_type="application/json")
+    return Response(422, body.encode())
 
 
 def _is_member(group: str | None, uid: int, gid: int) -> bool:
@@ -590,27 +569,19 @@ def _group_gid(group: str) -> int | None:
         return None
 
 
-def _json(model: BaseModel, *, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, text=model.model_dump_json() + "\n", content_type="application/json"
-    )
+def _json(model: BaseModel, *, status: int = 200) -> Response:
+    return Response(status, model.model_dump_json().encode() + b"\n")
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.Response(
-        status=status,
-        text=json.dumps({"error": message}) + "\n",
-        content_type="application/json",
-        headers=headers,
-    )
-    if status in (408, 413):
-        response.force_close()  # the rest of the body is never read
-    return response
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps({"error": message}) + "\n"
+    # After a 408 or 413 the rest of the body is never read: the connection closes.
+    return Response(status, body.encode(), headers=dict(headers or {}), close=status in (408, 413))
 
 
-def _shown_path(request: web.Request) -> str:
+def _shown_path(request: Request) -> str:
     """The request path as sent, still percent-encoded: safe to put in a log line."""
-    return _clip(request.rel_url.raw_path)
+    return _clip(request.raw_path)
 
 
 def _clip(text: str, limit: int = 80) -> str:

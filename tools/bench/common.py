@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# What the emulator's "#!/usr/bin/env python3" finds on the PATH a tenant is given.
+EMULATOR_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
 TOOLS = REPO / "tools"
 if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
@@ -141,9 +143,21 @@ def copy_emulator(root: Path) -> Path:
     shutil.copy2(REPO / "tools" / "ollama-emulator", emulator)
     shutil.copytree(REPO / "tools" / "ollama_emulator", root / "ollama_emulator",
                     ignore=shutil.ignore_patterns("__pycache__"))
+    # Compiled ahead, as an installed package would be: the tenants cannot write a cache here,
+    # so without it every emulator start would compile its modules again.
+    precompile(root / "ollama_emulator", EMULATOR_PYTHON)
     for p in [emulator, root / "ollama_emulator", *(root / "ollama_emulator").rglob("*")]:
         os.chmod(p, 0o755 if p.is_dir() or p == emulator else 0o644)
     return emulator
+
+
+def precompile(folder: Path, python: str = sys.executable) -> None:
+    """Byte-compile ``folder`` with ``python`` (writes ``__pycache__``, as pip does on install).
+
+    Without it, a shell with PYTHONDONTWRITEBYTECODE=1 makes every start compile again.
+    """
+    subprocess.run([python, "-m", "compileall", "-q", str(folder)], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 10) -> None:

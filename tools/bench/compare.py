@@ -30,7 +30,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Unavailable, ensure_nginx, ensure_supervisord, med_range, throwaway_users
+from common import (
+    REPO,
+    Unavailable,
+    ensure_nginx,
+    ensure_supervisord,
+    med_range,
+    precompile,
+    throwaway_users,
+)
 
 SYSTEMS = ("janus", "supervisord")
 # (key, label, scale, digits, pooled): pooled rows use every sample of every trial, the others
@@ -186,6 +194,7 @@ def main() -> int:
             return 0
         if not args.no_relay:
             ensure_nginx()
+        precompile(REPO / "supervisor")  # supervisord's venv was compiled by pip on install
         results = None if args.no_lifecycle else run_lifecycle(args)
         if not args.no_relay:
             from relay import run as run_relay

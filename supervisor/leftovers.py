@@ -272,7 +272,7 @@ def end_leftovers(tenant: str, record: Path, timeout_s: float = 5.0) -> list[int
             proc.send_signal(signal.SIGKILL)
         except psutil.Error:
             pass
-    gone, alive = psutil.wait_procs(survivors, timeout=timeout_s)
+    _gone, alive = psutil.wait_procs(survivors, timeout=timeout_s)
     for proc in alive:
         log.error("tenant %s: pid %d survived SIGKILL for %gs", tenant, proc.pid, timeout_s,
                   extra={"tenant": tenant})

@@ -2,78 +2,37 @@
 
 A tenant with ``network: isolated`` runs ``ollama serve`` in a fresh network namespace that has
 nothing but loopback, so its ``127.0.0.1:11434`` is reachable by no process outside it. The
-child makes the namespace itself, between fork and exec, while it still has root's
-capabilities (``enter_new_netns``). The daemon then keeps a file descriptor of the server's
+server's process makes the namespace itself before it execs the server, while it still has
+root's capabilities (``supervisor.launch``). The daemon then keeps a file descriptor of the server's
 namespace (``Namespace.of_process``) and creates each backend connection's socket inside it
 (``Namespace.socket``): a socket stays in the namespace it was created in, whatever thread
 later uses it, so only the ``socket()`` call itself needs the switch.
 
-Python 3.11 has neither ``os.unshare`` nor ``os.setns``; libc is called through ctypes then.
+The system calls themselves live in ``supervisor.launch``, which runs in that child.
 """
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import logging
 import os
 import socket
-import struct
 import threading
 import weakref
 from pathlib import Path
 
+from supervisor.launch import CLONE_NEWNET, bring_loopback_up, setns, unshare
+
 log = logging.getLogger(__name__)
 
-CLONE_NEWNET = 0x40000000
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
-_IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, then ifr_flags in the union
-
-_libc = ctypes.CDLL(None, use_errno=True)
 _home_fd: int | None = None
 
 
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _unshare(flags: int) -> None:
-    if hasattr(os, "unshare"):  # Python 3.12+
-        os.unshare(flags)
-    else:
-        _check(_libc.unshare(flags), "unshare")
-
-
-def _setns(fd: int, nstype: int) -> None:
-    if hasattr(os, "setns"):  # Python 3.12+
-        os.setns(fd, nstype)
-    else:
-        _check(_libc.setns(fd, nstype), "setns")
-
-
-def bring_loopback_up() -> None:
-    """Set ``lo`` up in the calling process's network namespace (needs CAP_NET_ADMIN there).
-
-    A new namespace has ``lo`` with 127.0.0.1 and ::1 already assigned but down; setting the
-    flag is all ``ip link set lo up`` does, and no ``ip`` binary is needed for it.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = _IFREQ.pack(b"lo", 0)
-        _, flags = _IFREQ.unpack(fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, request))
-        fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | IFF_UP))
-
-
 def enter_new_netns() -> None:
-    """Move the calling process into a new network namespace with only loopback, up.
+    """Move the calling thread into a new network namespace with only loopback, up.
 
-    Meant for a forked child before it drops root. Raises ``OSError`` (EPERM without
-    CAP_SYS_ADMIN).
+    Raises ``OSError`` (EPERM without CAP_SYS_ADMIN).
     """
-    _unshare(CLONE_NEWNET)
+    unshare(CLONE_NEWNET)
     bring_loopback_up()
 
 
@@ -86,8 +45,7 @@ def unshare_problem() -> str | None:
 
     def attempt() -> None:
         try:
-            _unshare(CLONE_NEWNET)
-            bring_loopback_up()
+            enter_new_netns()
             outcome.append(None)
         except OSError as exc:
             outcome.append(str(exc))
@@ -158,7 +116,7 @@ class Namespace:
         if self._fd is None:
             raise OSError(f"network namespace of pid {self.pid} is closed")
         home = _home()
-        _setns(self._fd, CLONE_NEWNET)
+        setns(self._fd, CLONE_NEWNET)
         try:
             return socket.socket(family, kind | socket.SOCK_CLOEXEC)
         finally:
@@ -167,7 +125,7 @@ class Namespace:
 
 def _return_home(home: int) -> None:
     try:
-        _setns(home, CLONE_NEWNET)
+        setns(home, CLONE_NEWNET)
     except OSError as exc:
         # Every later socket of this thread would open inside a tenant's namespace, where a
         # host-mode backend or another tenant's port could be impersonated. Fail closed:

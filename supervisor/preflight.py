@@ -1,76 +1,91 @@
 """Checks made before every start of a tenant's server, so that a start that cannot work is
 never tried (case C8: under systemd such a server exits at once and restarts hundreds of times).
 
-Two steps. As the daemon: the store and HOME are made when missing and must be real
-directories, never symbolic links (``dirs.ensure_dir``). As the tenant's own user, in a short
-child process that drops privileges exactly as the server will: every directory above the
-store, HOME and the binary can be entered, the store and HOME are writable (or HOME holds
-``.ollama/id_ed25519``, which is all Ollama needs then), and the binary is executable. Asking
-the kernel as that user is the only faithful answer: modes, ACLs, group membership, read-only
-mounts and network filesystems all count.
+Two steps. As the daemon (``preflight``): the store and HOME are made when missing and must be
+real directories, never symbolic links (``dirs.ensure_dir``). As the tenant's own user, in the
+server's own process after it has dropped privileges and before its exec (``AccessCheck``,
+answered by ``supervisor.launch``): every directory above the store, HOME and the binary can be
+entered, the store and HOME are writable (or HOME holds ``.ollama/id_ed25519``, which is all
+Ollama needs then), and the binary is executable. Asking the kernel as that user is the only
+faithful answer: modes, ACLs, group membership, read-only mounts and network filesystems all
+count; and one process per start does both the checks and the server.
 
-A failure raises ``SpawnError`` naming the path, its owner and mode, and the fix.
+A failure raises ``SpawnError`` (``PreflightError`` for a failed check, and then no server was
+started) naming the path, its owner and mode, and the fix.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import pwd
 import stat
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
-
 from supervisor.dirs import ensure_dir
 from supervisor.errors import SpawnError
 from supervisor.netns import unshare_problem
-from supervisor.privileges import SAFE_PATH, Identity, make_preexec
+from supervisor.privileges import Identity
 
-CHECK_TIMEOUT_S = 10.0
-SHELL = "/bin/sh"
 KEY_FILE = Path(".ollama") / "id_ed25519"
 
-# One output line per argument, 1 or 0. Each argument is a kind letter followed by a path:
-# x = a directory the user can enter, w = a directory the user can write and enter,
-# r = a file the user can read, e = a file the user can execute.
-_SCRIPT = r"""
-for check; do
-  p=${check#?}
-  case $check in
-    x*) [ -d "$p" ] && [ -x "$p" ] ;;
-    w*) [ -d "$p" ] && [ -w "$p" ] && [ -x "$p" ] ;;
-    r*) [ -f "$p" ] && [ -r "$p" ] ;;
-    e*) [ -f "$p" ] && [ -x "$p" ] ;;
-    *) false ;;
-  esac && echo 1 || echo 0
-done
-"""
+
+class PreflightError(SpawnError):
+    """An access check failed: the server would fail at once, so it was not started."""
 
 
 @dataclass(frozen=True)
 class Check:
-    """One question asked as the tenant's user: may it ``kind`` the file at ``path``?"""
+    """One question asked as the tenant's user: may it ``kind`` the file at ``path``?
+
+    Kinds are those of ``supervisor.launch.may``: ``x`` enter, ``w`` write a directory,
+    ``e`` execute a file, ``h`` use as HOME (writable, or holding a readable key).
+    """
 
     kind: str
     path: Path
 
+
+@dataclass(frozen=True)
+class AccessCheck:
+    """The checks for one start, asked by the server's own process before its exec.
+
+    ``problem`` turns the answers into the message for the operator.
+    """
+
+    identity: Identity
+    home: Path
+    store: Path
+    binary: Path
+
     @property
-    def arg(self) -> str:
-        return f"{self.kind}{self.path}"
+    def checks(self) -> list[Check]:
+        return [*_enter_all(self.store), Check("w", self.store), *_enter_all(self.home),
+                Check("h", self.home), *_enter_all(self.binary), Check("e", self.binary)]
+
+    def problem(self, answers: Sequence[bool]) -> str | None:
+        """What is wrong, path, owner, mode and fix, given one answer per check; or None."""
+        ok = dict(zip(self.checks, answers, strict=True))
+        identity = self.identity
+        return (_store_problem(identity, self.store, ok)
+                or _home_problem(identity, self.home, ok)
+                or _binary_problem(identity, self.binary, ok))
+
+    def timeout_problem(self, timeout_s: float) -> str:
+        return (f"the access check as user {self.identity.user} did not finish within "
+                f"{timeout_s:g}s; a network filesystem on the store or HOME path may hang")
 
 
 async def preflight(identity: Identity, *, home: Path, store: Path, binary: Path,
-                    isolated: bool = False) -> None:
-    """Make sure a server started as ``identity`` can use ``home``, ``store`` and ``binary``.
+                    isolated: bool = False) -> AccessCheck:
+    """Prepare a start of a server as ``identity`` with ``home``, ``store`` and ``binary``.
 
-    Creates a missing store or HOME (owned by the user, 0700) without following symbolic links,
-    then checks access as the user itself; with ``isolated``, checks that a network namespace
-    can be made. Raises ``SpawnError`` with the path (or cause) and the fix.
+    Creates a missing store or HOME (owned by the user, 0700) without following symbolic links;
+    with ``isolated``, checks that a network namespace can be made. Returns the access checks,
+    which ``spawn_server`` has the new process answer as the user before the server's exec.
+    Raises ``SpawnError`` with the path (or cause) and the fix.
     """
     if isolated and (why := _netns_problem()) is not None:
         raise SpawnError(f"network: isolated: cannot create a network namespace ({why}). Fix: "
@@ -78,13 +93,7 @@ async def preflight(identity: Identity, *, home: Path, store: Path, binary: Path
                          "network: host for this tenant")
     _ensure("models_dir", store, identity)
     _ensure("HOME", home, identity)
-    checks = [*_enter_all(store), Check("w", store), *_enter_all(home), Check("w", home),
-              Check("r", home / KEY_FILE), *_enter_all(binary), Check("e", binary)]
-    answers = dict(zip(checks, await ask_as(identity, checks), strict=True))
-    problem = (_store_problem(identity, store, answers) or _home_problem(identity, home, answers)
-               or _binary_problem(identity, binary, answers))
-    if problem is not None:
-        raise SpawnError(problem)
+    return AccessCheck(identity, home, store, binary)
 
 
 @functools.cache
@@ -128,37 +137,6 @@ def _enter_all(path: Path) -> list[Check]:
     return [Check("x", parent) for parent in reversed(path.parents)]
 
 
-async def ask_as(identity: Identity, checks: Sequence[Check]) -> list[bool]:
-    """Answer ``checks`` in a child running as ``identity`` (its groups, gid and uid).
-
-    Raises ``SpawnError`` when the child cannot run or does not finish in time.
-    """
-    args = [SHELL, "-c", _SCRIPT, "janus-preflight", *(c.arg for c in checks)]
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={"PATH": SAFE_PATH, "LANG": "C"}, cwd="/", close_fds=True,
-            start_new_session=True, preexec_fn=make_preexec(identity, nofile=1024),
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SpawnError(f"cannot run the access check as user {identity.user}: {exc}") from exc
-    out = b""
-    with anyio.move_on_after(CHECK_TIMEOUT_S):
-        out, _ = await proc.communicate()
-    if proc.returncode is None:
-        proc.kill()
-        await proc.wait()
-        raise SpawnError(
-            f"the access check as user {identity.user} did not finish within "
-            f"{CHECK_TIMEOUT_S:g}s; a network filesystem on the store or HOME path may hang"
-        )
-    answers = out.decode().split()
-    if proc.returncode != 0 or len(answers) != len(checks):
-        raise SpawnError(f"the access check as user {identity.user} failed "
-                         f"(exit {proc.returncode}); is {SHELL} usable?")
-    return [a == "1" for a in answers]
-
-
 def _store_problem(identity: Identity, store: Path, ok: dict[Check, bool]) -> str | None:
     if (blocked := _blocked_parent(store, ok)) is not None:
         return (f"models_dir {store} is out of reach for user {identity.user}: it cannot enter "
@@ -171,7 +149,7 @@ def _store_problem(identity: Identity, store: Path, ok: dict[Check, bool]) -> st
 
 
 def _home_problem(identity: Identity, home: Path, ok: dict[Check, bool]) -> str | None:
-    if ok[Check("w", home)] or ok[Check("r", home / KEY_FILE)]:
+    if ok[Check("h", home)]:
         return None
     if (blocked := _blocked_parent(home, ok)) is not None:
         return (f"HOME {home} is out of reach for user {identity.user}: it cannot enter "

@@ -1,36 +1,31 @@
-"""Who a tenant's server runs as, and the steps that turn a forked child into that user.
+"""Who a tenant's server runs as, and the steps that turn a new process into that user.
 
 The daemon resolves a tenant's identity once (passwd and group database), builds a clean
-environment for it, and hands ``subprocess`` a ``preexec`` function that runs in the forked child
-just before exec. Order matters there: resource limits are raised while the child is still root,
-groups and ids are dropped next, and only then are ``PR_SET_NO_NEW_PRIVS`` and the death signal
-set, because a credential change clears the death signal.
+environment for it, and describes the steps as a ``Launch``; ``supervisor.launch`` takes them
+in the new process before it execs the server. Order matters there: resource limits are raised
+while the process is still root, groups and ids are dropped next, and only then are
+``PR_SET_NO_NEW_PRIVS`` and the death signal set, because a credential change clears the death
+signal.
 """
 
 from __future__ import annotations
 
-import ctypes
 import grp
 import os
 import pwd
 import resource
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from supervisor.errors import SpawnError
-from supervisor.netns import enter_new_netns
-
-PR_SET_PDEATHSIG = 1
-PR_SET_NO_NEW_PRIVS = 38
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_LANG = "C.UTF-8"
 NOLOGIN_SHELLS = ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false")
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -123,56 +118,45 @@ def build_environment(identity: Identity, home: Path, extra: Mapping[str, str]) 
     return env
 
 
-def _prctl(option: int, arg: int) -> None:
-    if _libc.prctl(option, arg, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _raise_nofile(nofile: int) -> None:
-    """Set RLIMIT_NOFILE to ``nofile``; without CAP_SYS_RESOURCE, cap it at the hard limit."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, max(nofile, hard)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard))
-
-
 def nofile_shortfall(nofile: int) -> int | None:
     """The daemon's hard RLIMIT_NOFILE when it is below ``nofile`` (servers may get less)."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return hard if hard != resource.RLIM_INFINITY and hard < nofile else None
 
 
-def make_preexec(identity: Identity, *, nofile: int, umask: int = 0o077,
-                 death_signal: int = signal.SIGKILL,
-                 new_netns: bool = False) -> Callable[[], None]:
-    """Return the function ``subprocess`` runs in the child between fork and exec.
+@dataclass(frozen=True)
+class Launch:
+    """What a tenant's server process becomes before its exec (done by ``supervisor.launch``).
 
-    The child raises RLIMIT_NOFILE to ``nofile`` (capped at the hard limit when it may not
-    raise it); with ``new_netns`` it moves into a network namespace of its own with only
-    loopback up (this needs root, so it comes before the drop). Then, as root, it drops to
-    ``identity``'s groups, gid and uid; unprivileged it keeps its ids. Last it sets
+    RLIMIT_NOFILE is raised to ``nofile`` (capped at the hard limit when it may not be
+    raised); with ``new_netns`` the process moves into a network namespace of its own with
+    only loopback up (this needs root, so it comes before the drop). Then, as root, it drops
+    to ``identity``'s groups, gid and uid; unprivileged it keeps its ids. Last it sets
     ``PR_SET_NO_NEW_PRIVS``, the death signal and ``umask``. The new session is made by
     ``start_new_session`` in the caller.
     """
-    parent_pid = os.getpid()
-    change_ids = os.geteuid() == 0 and identity.uid != 0
 
-    def preexec() -> None:
-        _raise_nofile(nofile)
-        if new_netns:
-            enter_new_netns()
-        if change_ids:
-            os.setgroups(list(identity.groups))
-            os.setgid(identity.gid)
-            os.setuid(identity.uid)
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
-        _prctl(PR_SET_PDEATHSIG, int(death_signal))
-        # The daemon may have died between fork and prctl; the death signal would then never
-        # come, so leave instead of running unsupervised.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-        os.umask(umask)
+    identity: Identity
+    nofile: int
+    umask: int = 0o077
+    death_signal: int = signal.SIGKILL
+    new_netns: bool = False
 
-    return preexec
+    def spec(self, argv: list[str], env: Mapping[str, str], checks: list[tuple[str, str]],
+             report_fd: int) -> dict[str, Any]:
+        """The instructions ``supervisor.launch`` follows, in the calling daemon."""
+        change_ids = os.geteuid() == 0 and self.identity.uid != 0
+        return {
+            "argv": argv,
+            "env": dict(env),
+            "nofile": self.nofile,
+            "netns": self.new_netns,
+            "uid": self.identity.uid if change_ids else None,
+            "gid": self.identity.gid,
+            "groups": list(self.identity.groups),
+            "death_signal": int(self.death_signal),
+            "parent": os.getpid(),
+            "umask": self.umask,
+            "checks": checks,
+            "report_fd": report_fd,
+        }

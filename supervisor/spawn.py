@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import marshal
 import os
 import signal
 import subprocess
@@ -18,11 +19,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 
+from supervisor import launch as launcher_module
 from supervisor.errors import SpawnError
+from supervisor.launch import CHECK_FAILED, SPEC_VAR
 from supervisor.leftovers import SERVER_PIDS, ProcessTracker, reap_orphans
+from supervisor.preflight import AccessCheck, PreflightError
+from supervisor.privileges import Launch
 from supervisor.status import ExitInfo
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,9 @@ LineSink = Callable[[str], None]
 
 _GROUP_POLL_S = 0.01
 _MAX_LINE = 1 << 20
+LAUNCHER = Path(launcher_module.__file__)
+# Launching includes the access checks, which a hung network filesystem can stall.
+REPORT_TIMEOUT_S = 10.0
 
 
 def group_members(pgid: int) -> list[int]:
@@ -156,6 +165,12 @@ class ServerProcess:
             return True
         return bool(self.tracker and self.tracker.survivors())
 
+    async def discard(self) -> None:
+        """Kill and reap a process that never became the server (a failed launch)."""
+        self.kill_all()
+        await self.wait()
+        self._transport.close()
+
     def kill_all(self) -> None:
         """SIGKILL the process group and every tracked process that left it."""
         try:
@@ -214,28 +229,91 @@ async def spawn_server(
     *,
     env: Mapping[str, str],
     cwd: Path,
-    preexec: Callable[[], None],
+    launch: Launch,
     sink: LineSink,
+    access: AccessCheck | None = None,
 ) -> ServerProcess:
-    """Start ``binary args`` in a new session with ``env`` and ``preexec``; output goes to ``sink``.
+    """Start ``binary args`` in a new session as ``launch`` says; output goes to ``sink``.
 
-    Raises ``SpawnError`` when the exec fails (missing binary, permission, preexec error).
+    The new process is ``supervisor.launch`` (a vfork, no Python run in the daemon's copy):
+    it takes the ``launch`` steps, answers ``access`` as the tenant's user and execs the
+    server with exactly ``env``. Returns once the server runs. Raises ``PreflightError`` when
+    an access check fails (no server was started), ``SpawnError`` when a step or the exec
+    fails.
     """
-    loop = asyncio.get_running_loop()
+    checks = access.checks if access is not None else []
+    read_fd, write_fd = os.pipe()
+    spec = launch.spec([str(binary), *args], env, [(c.kind, str(c.path)) for c in checks], write_fd)
     try:
-        transport, protocol = await loop.subprocess_exec(
-            lambda: _ServerProtocol(sink),
-            str(binary),
-            *args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            cwd=str(cwd),
-            start_new_session=True,
-            close_fds=True,
-            preexec_fn=preexec,
-        )
+        server = await _start_launcher(spec, cwd, sink, write_fd)
     except (OSError, subprocess.SubprocessError) as exc:
+        os.close(read_fd)
         raise SpawnError(f"could not start {binary}: {exc}") from exc
+    finally:
+        os.close(write_fd)
+    report = None
+    with anyio.move_on_after(REPORT_TIMEOUT_S):
+        report = await _read_report(read_fd)
+    if report == b"":
+        return server
+    await server.discard()
+    if report is None and access is not None:
+        raise PreflightError(access.timeout_problem(REPORT_TIMEOUT_S))
+    if report is None:
+        raise SpawnError(
+            f"could not start {binary}: no word from {LAUNCHER.name} within {REPORT_TIMEOUT_S:g}s"
+        )
+    if report.startswith(CHECK_FAILED) and access is not None:
+        answers = [digit == ord("1") for digit in report[1:]]
+        raise PreflightError(access.problem(answers) or "an access check failed")
+    raise SpawnError(f"could not start {binary}: {report[1:].decode(errors='replace')}")
+
+
+async def _start_launcher(
+    spec: dict[str, Any], cwd: Path, sink: LineSink, report_fd: int
+) -> ServerProcess:
+    loop = asyncio.get_running_loop()
+    # No preexec_fn, user or groups: subprocess can vfork, and the daemon waits only for the
+    # exec of the launcher, not for a copy of itself to run Python.
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _ServerProtocol(sink),
+        sys.executable,
+        "-S",
+        "-I",
+        str(LAUNCHER),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={SPEC_VAR: marshal.dumps(spec).hex()},
+        cwd=str(cwd),
+        start_new_session=True,
+        close_fds=True,
+        pass_fds=(report_fd,),
+    )
     return ServerProcess(transport, protocol)
+
+
+async def _read_report(fd: int) -> bytes:
+    """Everything the launcher writes to the report pipe, until it closes (then ``fd`` too)."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            readable: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _settle, readable)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(fd)
+            data = os.read(fd, 4096)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+    finally:
+        os.close(fd)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

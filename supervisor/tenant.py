@@ -25,7 +25,8 @@ from supervisor.errors import ProbeError, SpawnError
 from supervisor.leftovers import ProcessTracker, end_leftovers
 from supervisor.logs import TenantLog
 from supervisor.ollama_api import OllamaAPI
-from supervisor.privileges import Identity, build_environment, make_preexec
+from supervisor.preflight import AccessCheck, PreflightError
+from supervisor.privileges import Identity, Launch, build_environment
 from supervisor.provision import (
     TenantStore,
     VariantPlan,
@@ -65,7 +66,8 @@ class TenantSetup:
     home: Path
     backend_for: Callable[[], Backend]
     plans: Callable[[], list[VariantPlan]]
-    preflight: Callable[[], Awaitable[None]] | None = None  # raises SpawnError
+    # Prepares the start and returns the checks to ask as the user; raises SpawnError.
+    preflight: Callable[[], Awaitable[AccessCheck]] | None = None
     in_flight: Callable[[], int] | None = None  # relayed requests not yet answered
 
 
@@ -321,16 +323,14 @@ class Tenant:
     async def _run_instance(self) -> Outcome:
         self._set_state(TenantState.STARTING, "preflight, then spawn")
         self._healthy_for = 0.0
-        if self.setup.preflight is not None:
-            try:
-                await self.setup.preflight()
-            except SpawnError as exc:
-                log.error("tenant %s: preflight failed: %s", self.name, exc,
-                          extra={"tenant": self.name})
-                self._fail(f"preflight failed: {exc}")
-                return Outcome.PREFLIGHT_FAILED
         try:
-            server = await self._spawn()
+            access = await self.setup.preflight() if self.setup.preflight is not None else None
+        except SpawnError as exc:
+            return self._preflight_failed(exc)
+        try:
+            server = await self._spawn(access)
+        except PreflightError as exc:  # the checks the server's own process made
+            return self._preflight_failed(exc)
         except SpawnError as exc:
             self.last_error = str(exc)
             log.error("tenant %s: %s", self.name, exc, extra={"tenant": self.name})
@@ -342,7 +342,7 @@ class Tenant:
                 scope.cancel()
             try:
                 outcome = await self._supervise(server)
-            except Exception as exc:  # noqa: BLE001 - one tenant's bug must not stop the others
+            except Exception as exc:
                 log.exception("tenant %s: internal error while supervising pid %d; restarting "
                               "it", self.name, server.pid, extra={"tenant": self.name})
                 self.last_error = f"internal error: {exc!r}"
@@ -353,23 +353,33 @@ class Tenant:
         await self._reap(server, outcome)
         return outcome
 
-    async def _spawn(self) -> ServerProcess:
+    def _preflight_failed(self, exc: SpawnError) -> Outcome:
+        log.error("tenant %s: preflight failed: %s", self.name, exc, extra={"tenant": self.name})
+        self._fail(f"preflight failed: {exc}")
+        return Outcome.PREFLIGHT_FAILED
+
+    async def _spawn(self, access: AccessCheck | None) -> ServerProcess:
         setup = self.setup
-        self.backend = setup.backend_for()
+        previous, self.backend = self.backend, setup.backend_for()
         env = dict(self.config.ollama.env)
         env.update(self.cfg.env)
         env["OLLAMA_HOST"] = self.backend.ollama_host
         env["OLLAMA_MODELS"] = str(self.cfg.models_dir)
         env.update({"OLLAMA_NOPRUNE": "1"} if uses_shared_store(self.config) else {})
-        server = await spawn_server(
-            self.config.ollama.binary,
-            ["serve"],
-            env=build_environment(setup.identity, setup.home, env),
-            cwd=setup.home,
-            preexec=make_preexec(setup.identity, nofile=self.cfg.nofile,
-                                 new_netns=self.backend.isolated),
-            sink=self.output.write,
-        )
+        try:
+            server = await spawn_server(
+                self.config.ollama.binary,
+                ["serve"],
+                env=build_environment(setup.identity, setup.home, env),
+                cwd=setup.home,
+                launch=Launch(setup.identity, nofile=self.cfg.nofile,
+                              new_netns=self.backend.isolated),
+                sink=self.output.write,
+                access=access,
+            )
+        except PreflightError:
+            self.backend = previous  # nothing was started on the new one
+            raise
         self.backend.attach(server.pid)
         server.tracker = ProcessTracker(server.pid, setup.identity.uid, self.cfg.models_dir,
                                         self.record)

@@ -1083,6 +1083,6 @@ def test_emulator_runs_under_the_system_python_with_stdlib_only() -> None:
     for path in (fx.REPO / "tools" / "ollama_emulator").glob("*.py"):
         imports |= set(re.findall(r"^(?:from|import) (\w+)", path.read_text(), re.M))
 
-    assert script.startswith("#!/usr/bin/env python3\n")
+    assert script.startswith("#!/usr/bin/env -S python3 -S -I\n")  # no site, no PYTHON* vars
     assert stat.S_IMODE(fx.EMULATOR.stat().st_mode) == 0o755
     assert imports <= set(sys.stdlib_module_names) | {"__future__"}

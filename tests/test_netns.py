@@ -14,9 +14,9 @@ import pytest
 from supervisor.backend import NETNS_PORT, NetnsBackend
 from supervisor.netns import Namespace, netns_inode, unshare_problem
 from supervisor.privileges import (
+    Launch,
     build_environment,
     current_identity,
-    make_preexec,
     resolve_identity,
 )
 from supervisor.spawn import ServerProcess, spawn_server
@@ -48,7 +48,7 @@ async def start_listener(tmp_path: Path, lines: list[str], user: str | None = No
         Path(SYSTEM_PYTHON), ["-c", LISTENER],
         env=build_environment(identity, tmp_path, {}),
         cwd=Path("/"),
-        preexec=make_preexec(identity, nofile=1024, new_netns=new_netns),
+        launch=Launch(identity, nofile=1024, new_netns=new_netns),
         sink=lines.append,
     )
     with anyio.fail_after(10):

@@ -7,15 +7,16 @@ import secrets
 import shutil
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from supervisor import preflight as preflight_module
 from supervisor.errors import SpawnError
-from supervisor.preflight import preflight
-from supervisor.privileges import Identity, resolve_identity
+from supervisor.preflight import PreflightError, preflight
+from supervisor.privileges import Identity, Launch, resolve_identity
+from supervisor.spawn import spawn_server
 from tests.integration.harness import create_user, delete_user, make_world_dir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a real tenant user)")
@@ -26,6 +27,7 @@ class World:
     root: Path
     identity: Identity
     binary: Path
+    output: list[str] = field(default_factory=list)
 
     @property
     def home(self) -> Path:
@@ -36,8 +38,14 @@ class World:
         return self.root / "stores" / "dev"
 
     async def check(self, *, isolated: bool = False, **paths: Path) -> None:
+        """The daemon's steps, then the checks in a start of the (empty) binary as the user."""
         args = {"home": self.home, "store": self.store, "binary": self.binary, **paths}
-        await preflight(self.identity, isolated=isolated, **args)
+        access = await preflight(self.identity, isolated=isolated, **args)
+        server = await spawn_server(args["binary"], [], env={}, cwd=Path("/"),
+                                    launch=Launch(self.identity, nofile=1024),
+                                    sink=self.output.append, access=access)
+        await server.wait()
+        assert (await server.stop(timeout_s=5)).exit.code == 0
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +62,7 @@ def user() -> Iterator[Identity]:
 def world(user: Identity) -> Iterator[World]:
     root = make_world_dir("janus-preflight")
     binary = root / "ollama"
-    binary.write_text("#!/bin/sh\n")
+    binary.write_text("#!/bin/sh\necho server started\n")
     binary.chmod(0o755)
     try:
         yield World(root, user, binary)
@@ -166,8 +174,23 @@ async def test_checks_run_with_the_users_own_ids(world: World) -> None:
     world.store.mkdir(parents=True, mode=0o500)
     os.chown(world.store, world.identity.uid, world.identity.gid)
 
-    with pytest.raises(SpawnError, match="is not writable by user"):
+    with pytest.raises(PreflightError, match="is not writable by user"):
         await world.check()
+
+
+async def test_a_failed_check_starts_no_server(world: World) -> None:
+    world.binary.chmod(0o700)
+
+    with pytest.raises(PreflightError):
+        await world.check()
+
+    assert world.output == []
+
+
+async def test_a_passed_check_runs_the_server_in_the_same_process(world: World) -> None:
+    await world.check()
+
+    assert world.output == ["server started"]
 
 
 async def test_link_planted_above_the_store_is_refused(world: World) -> None:

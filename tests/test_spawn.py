@@ -12,9 +12,9 @@ import pytest
 
 from supervisor.errors import SpawnError
 from supervisor.privileges import (
+    Launch,
     build_environment,
     current_identity,
-    make_preexec,
     resolve_identity,
 )
 from supervisor.spawn import group_members, spawn_server
@@ -41,7 +41,7 @@ async def start(  # type: ignore[no-untyped-def]
         Path("/bin/sh"), ["-c", script],
         env=build_environment(identity, tmp_path, {}),
         cwd=tmp_path,
-        preexec=make_preexec(identity, nofile=4096),
+        launch=Launch(identity, nofile=4096),
         sink=lines.append,
     )
 
@@ -96,7 +96,7 @@ async def test_missing_binary_is_a_spawn_error(tmp_path: Path) -> None:
 
     with pytest.raises(SpawnError, match="could not start /nonexistent/ollama"):
         await spawn_server(Path("/nonexistent/ollama"), ["serve"], env={}, cwd=tmp_path,
-                           preexec=make_preexec(identity, nofile=1024), sink=print)
+                           launch=Launch(identity, nofile=1024), sink=print)
 
 
 async def test_child_is_hardened(tmp_path: Path) -> None:

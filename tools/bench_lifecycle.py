@@ -30,6 +30,8 @@ import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# What the emulator's "#!/usr/bin/env python3" finds on the PATH a tenant is given.
+EMULATOR_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
 
 
 def answers(sock_path: str) -> bool:
@@ -58,7 +60,12 @@ def uid_pids(uid: int) -> set[int]:
 def make_config(root: Path, users: list[str], args: argparse.Namespace) -> Path:
     emulator = root / "ollama-emulator"
     shutil.copy2(REPO / "tools" / "ollama-emulator", emulator)
-    shutil.copytree(REPO / "tools" / "ollama_emulator", root / "ollama_emulator")
+    shutil.copytree(REPO / "tools" / "ollama_emulator", root / "ollama_emulator",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    # Compiled ahead, as an installed package would be (Ollama is a compiled binary): the
+    # tenants cannot write a cache there, so each start would compile every module again.
+    subprocess.run([EMULATOR_PYTHON, "-m", "compileall", "-q", str(root / "ollama_emulator")],
+                   check=True, stdout=subprocess.DEVNULL)
     for p in [root, *root.rglob("*")]:
         os.chmod(p, 0o755 if p.is_dir() or p == emulator else 0o644)
     tenants = {}

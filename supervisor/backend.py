@@ -1,7 +1,8 @@
 """The private address a tenant's server listens on, and how the daemon reaches it.
 
 Every request the daemon makes to a tenant (probes, provisioning, relayed clients) goes through
-``Backend.connect``, so how the backend is reached is this module's business alone:
+``Backend.connect`` (``connect_socket`` for the relay), so how the backend is reached is this
+module's business alone:
 
 - ``HostBackend`` (``network: host``): a loopback TCP port in the host's namespace, from config
   or from ``ollama.port_range``. Any local user can connect to it.
@@ -72,6 +73,16 @@ class Backend:
 
     async def connect(self) -> anyio.abc.SocketStream:
         """Open a TCP connection to the server. Raises ``OSError`` when nothing listens."""
+        sock = await self.connect_socket()
+        try:
+            return await anyio.abc.SocketStream.from_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def connect_socket(self) -> socket.socket:
+        """Open a TCP connection to the server as a connected non-blocking socket (what the
+        relay wraps in an asyncio transport). Raises ``OSError`` when nothing listens."""
         raise NotImplementedError
 
 
@@ -94,17 +105,12 @@ class HostBackend(Backend):
     def host_port(self) -> int | None:
         return self.port
 
-    async def connect(self) -> anyio.abc.SocketStream:
+    async def connect_socket(self) -> socket.socket:
         # A plain non-blocking connect: anyio.connect_tcp would resolve the literal address
         # in a worker thread first, which costs more than the whole probe.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            await _connect_nonblocking(sock, (self.host, self.port))
-            return await anyio.abc.SocketStream.from_socket(sock)
-        except BaseException:
-            sock.close()
-            raise
+        await _connect_nonblocking(sock, (self.host, self.port))
+        return sock
 
 
 class NetnsBackend(Backend):
@@ -146,8 +152,10 @@ class NetnsBackend(Backend):
         try:
             self._ns = Namespace.of_process(pid)
         except OSError as exc:
-            self._problem = (f"tenant {self.tenant}: cannot open the network namespace of "
-                             f"server pid {pid} ({exc.strerror or exc})")
+            self._problem = (
+                f"tenant {self.tenant}: cannot open the network namespace of "
+                f"server pid {pid} ({exc.strerror or exc})"
+            )
             log.error("%s; its probes will fail", self._problem, extra={"tenant": self.tenant})
 
     def close(self) -> None:
@@ -156,28 +164,32 @@ class NetnsBackend(Backend):
             self._ns.close()
         self._ns, self._problem = None, None
 
-    async def connect(self) -> anyio.abc.SocketStream:
+    async def connect_socket(self) -> socket.socket:
         if self._ns is None:
-            raise OSError(errno.ENOTCONN, self._problem or
-                          f"tenant {self.tenant}: no server attached to its network namespace")
+            raise OSError(
+                errno.ENOTCONN,
+                self._problem
+                or f"tenant {self.tenant}: no server attached to its network namespace",
+            )
         sock = self._ns.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            await _connect_nonblocking(sock, (LOOPBACK, NETNS_PORT))
-            return await anyio.abc.SocketStream.from_socket(sock)
-        except BaseException:
-            sock.close()
-            raise
+        await _connect_nonblocking(sock, (LOOPBACK, NETNS_PORT))
+        return sock
 
 
 async def _connect_nonblocking(sock: socket.socket, address: tuple[str, int]) -> None:
-    """Connect a non-blocking ``sock`` without blocking the event loop."""
-    err = sock.connect_ex(address)
-    if err == errno.EINPROGRESS:
-        await anyio.wait_writable(sock)
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err != 0:
-        raise OSError(err, f"{os.strerror(err)} (connecting to {address[0]}:{address[1]})")
+    """Connect ``sock`` (made non-blocking) without blocking the event loop; close it when
+    that fails or is cancelled."""
+    try:
+        sock.setblocking(False)
+        err = sock.connect_ex(address)
+        if err == errno.EINPROGRESS:
+            await anyio.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            raise OSError(err, f"{os.strerror(err)} (connecting to {address[0]}:{address[1]})")
+    except BaseException:
+        sock.close()
+        raise
 
 
 def port_holder(port: int) -> str | None:
@@ -211,8 +223,9 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
-def allocate_backend(tenant: str, port: int | None, port_range: tuple[int, int],
-                     taken: Iterable[int]) -> HostBackend:
+def allocate_backend(
+    tenant: str, port: int | None, port_range: tuple[int, int], taken: Iterable[int]
+) -> HostBackend:
     """Pick the loopback port for ``tenant``: its configured ``port`` or a free one in range.
 
     Raises ``SpawnError`` naming the holder when the configured port is busy, or when the
@@ -237,14 +250,19 @@ def allocate_backend(tenant: str, port: int | None, port_range: tuple[int, int],
     )
 
 
-def network_note(tenant: str, configured: Network | None, port: int | None, *,
-                 root: bool) -> str | None:
+def network_note(
+    tenant: str, configured: Network | None, port: int | None, *, root: bool
+) -> str | None:
     """A warning when a tenant's network is not what its config suggests, else None."""
     if configured == "isolated" and not root:
-        return (f"tenant {tenant}: network: isolated needs root (network namespaces cannot be "
-                "made unprivileged); running it with network: host, where any local user can "
-                "reach its backend port. Run the daemon as root to isolate it")
+        return (
+            f"tenant {tenant}: network: isolated needs root (network namespaces cannot be "
+            "made unprivileged); running it with network: host, where any local user can "
+            "reach its backend port. Run the daemon as root to isolate it"
+        )
     if port is not None and network_mode(configured, root=root) == "isolated":
-        return (f"tenant {tenant}: port {port} is not used: the tenant runs with network: "
-                "isolated (the default as root); set network: host to keep a loopback port")
+        return (
+            f"tenant {tenant}: port {port} is not used: the tenant runs with network: "
+            "isolated (the default as root); set network: host to keep a loopback port"
+        )
     return None

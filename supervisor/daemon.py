@@ -487,7 +487,7 @@ def announce(sup: Supervisor) -> None:
 def make_relay(tenant: Tenant) -> Relay:
     """The relay in front of ``tenant``'s endpoint (made again when its socket is re-bound)."""
     policy = PolicySource(tenant.name, lambda t=tenant: t.cfg)  # type: ignore[misc]
-    relay = Relay(tenant, tenant.connect_backend,
+    relay = Relay(tenant, tenant.connect_backend_socket,
                   lambda t=tenant: t.cfg.connect_wait_s,  # type: ignore[misc]
                   policy=policy)
     # A stop or restart lets the requests this relay has in flight finish first.

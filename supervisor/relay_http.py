@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 
-import anyio
 import httptools
 
 from supervisor.policy import Listing, TenantPolicy
@@ -41,43 +40,42 @@ def error_response(
 
 
 class Head:
-    """A parsed request head."""
+    """A request head, filled in by ``RequestReader`` as it is parsed."""
 
     __slots__ = (
+        "chunked",
+        "expects_continue",
+        "keep_alive",
+        "length",
+        "lines",
         "method",
         "target",
         "version",
-        "headers",
-        "chunked",
-        "length",
-        "keep_alive",
-        "expects_continue",
     )
 
-    def __init__(
-        self,
-        method: str,
-        target: bytes,
-        version: bytes,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.version = version
-        self.headers = headers
-        self.keep_alive = keep_alive
+    def __init__(self) -> None:
+        self.method = ""
+        self.target = b""
+        self.version = b"1.1"
+        self.lines: list[bytes] = []  # header lines as they go to the server, Host left out
+        self.keep_alive = True
         self.chunked = False
         self.length: int | None = None
         self.expects_continue = False
-        for name, value in headers:
+
+    def add_header(self, name: bytes, value: bytes) -> None:
+        # Only these names matter here; comparing lengths first spares most lower() calls.
+        if len(name) in _NOTED_LENGTHS:
             lower = name.lower()
+            if lower == b"host":
+                return  # replaced by ``Host: localhost``
             if lower == b"transfer-encoding" and b"chunked" in value.lower():
                 self.chunked = True
             elif lower == b"content-length" and value.strip().isdigit():
                 self.length = int(value)  # llhttp refuses a second or non-numeric one
             elif lower == b"expect" and value.lower() == b"100-continue":
                 self.expects_continue = True
+        self.lines.append(name + b": " + value + b"\r\n")
 
     @property
     def label(self) -> str:
@@ -90,14 +88,16 @@ class Head:
     def encode(self, *, drop_expect: bool = False) -> bytes:
         """The head for the backend: ``Host: localhost``, everything else as received."""
         target = self.target if self.target.startswith(b"/") else origin_form(self.target)
-        lines = [self.method.encode() + b" " + target + b" HTTP/" + self.version]
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == b"host" or (drop_expect and lower == b"expect"):
-                continue
-            lines.append(name + b": " + value)
-        lines.append(b"Host: localhost")
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+        lines = self.lines
+        if drop_expect:
+            lines = [line for line in lines if line[:7].lower() != b"expect:"]
+        return b"".join(
+            [
+                b"%s %s HTTP/%s\r\n" % (self.method.encode(), target, self.version),
+                *lines,
+                b"Host: localhost\r\n\r\n",
+            ]
+        )
 
     def frame(self, body: bytes) -> bytes:
         """``body`` framed as the client framed it (one chunk when it was chunked)."""
@@ -116,6 +116,11 @@ def origin_form(target: bytes) -> bytes:
     return (url.path or b"/") + (b"?" + url.query if url.query else b"")
 
 
+_NOTED_LENGTHS = frozenset(
+    len(name) for name in (b"host", b"expect", b"content-length", b"transfer-encoding")
+)
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+
 END = None  # event: the current request's message is complete
 Event = Head | bytes | None
 
@@ -127,30 +132,25 @@ class RequestReader:
         self.parser = httptools.HttpRequestParser(self)
         self.events: list[Event] = []
         self.head_seen = False
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._head = Head()
 
     def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
+        self._head = Head()
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._head.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._head.add_header(name, value)
 
     def on_headers_complete(self) -> None:
-        parser = self.parser
-        self.events.append(
-            Head(
-                parser.get_method().decode("latin-1"),
-                self._url,
-                parser.get_http_version().encode(),
-                self._headers,
-                parser.should_keep_alive(),
-            )
-        )
+        parser, head = self.parser, self._head
+        method = parser.get_method()
+        head.method = _METHODS.get(method) or method.decode("latin-1")
+        version = parser.get_http_version()
+        head.version = b"1.1" if version == "1.1" else version.encode()
+        head.keep_alive = parser.should_keep_alive()
+        self.events.append(head)
         self.head_seen = True
 
     def on_body(self, body: bytes) -> None:
@@ -183,12 +183,24 @@ class Exchange:
     def __init__(self, head_only: bool) -> None:
         self.head_only = head_only
         self.parser = httptools.HttpResponseParser(self)
-        self.done: anyio.Event | None = None  # made only when the next request must wait
         self.complete = False  # the whole response has arrived
         self.finished = False  # ... and was passed on (or the connection ended)
         self.responded = False  # some of it was sent to the client
         self.abandoned = False  # the request side gave up on it; drop the response
         self._interim = False
+        self._at_end = False  # the parser found the end of the response itself
+
+    def reusable(self) -> bool:
+        """True when the next request's response can be tracked by this object (and its
+        parser, which then starts at a message boundary): saves making a parser per request."""
+        return self._at_end and self.finished and not self.head_only and not self.abandoned
+
+    def restart(self) -> None:
+        """Track the next response, after ``reusable`` said so."""
+        self.complete = self.finished = self.responded = self._at_end = False
+
+    def on_message_begin(self) -> None:
+        self._at_end = False
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -201,7 +213,7 @@ class Exchange:
         if self._interim:
             self._interim = False
         else:
-            self.complete = True
+            self.complete = self._at_end = True
 
     def feed(self, data: bytes) -> bytes:
         """Track ``data``; return what to send to the client."""
@@ -229,6 +241,9 @@ class ListingExchange(Exchange):
         self._body: list[bytes] = []
         self._size = 0
         self._passthrough = False
+
+    def reusable(self) -> bool:
+        return False
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -280,6 +295,3 @@ class ListingExchange(Exchange):
                 lines.append(name + b": " + value)
         lines.append(b"Content-Length: %d" % len(body))
         return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
-# ---- one client connection -----------------------------------------------------------------

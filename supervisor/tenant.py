@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -164,6 +165,12 @@ class Tenant:
         if self.backend is None:
             raise OSError(f"tenant {self.name} has no backend yet")
         return await self.backend.connect()
+
+    async def connect_backend_socket(self) -> socket.socket:
+        """A connected non-blocking socket to the server, for the relay's transports."""
+        if self.backend is None:
+            raise OSError(f"tenant {self.name} has no backend yet")
+        return await self.backend.connect_socket()
 
     # -- admin actions -------------------------------------------------------------------------
     def _interrupt(self, outcome: Outcome) -> None:

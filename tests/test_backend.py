@@ -56,8 +56,10 @@ def test_port_of_an_isolated_tenant_is_reported_unused() -> None:
     assert note is not None and "port 21500 is not used" in note
 
 
-@pytest.mark.parametrize(("configured", "port", "root"),
-                         [(None, None, True), ("host", 21500, True), (None, 21500, False)])
+@pytest.mark.parametrize(
+    ("configured", "port", "root"),
+    [(None, None, True), ("host", 21500, True), (None, 21500, False)],
+)
 def test_nothing_to_say_when_the_config_is_followed(
     configured: str | None, port: int | None, root: bool
 ) -> None:
@@ -81,8 +83,11 @@ def test_range_skips_busy_and_taken_ports(busy_port: int) -> None:
 
 
 def test_full_range_is_an_error_naming_the_range(busy_port: int) -> None:
-    with pytest.raises(SpawnError, match=rf"no free loopback port in ollama.port_range "
-                                         rf"{busy_port}-{busy_port}; widen the range"):
+    with pytest.raises(
+        SpawnError,
+        match=rf"no free loopback port in ollama.port_range "
+        rf"{busy_port}-{busy_port}; widen the range",
+    ):
         allocate_backend("dev", None, (busy_port, busy_port), [])
 
 
@@ -92,4 +97,7 @@ def test_host_backend_takes_a_host_port_and_a_netns_backend_none() -> None:
 
     assert (host.host_port, host.isolated, host.ollama_host) == (21500, False, "127.0.0.1:21500")
     assert (isolated.host_port, isolated.isolated, isolated.ollama_host) == (
-        None, True, "127.0.0.1:11434")
+        None,
+        True,
+        "127.0.0.1:11434",
+    )

@@ -3,6 +3,7 @@ with and without a tenant policy."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -92,8 +93,20 @@ class EchoBackend:
                 )
                 data = b""
 
-    async def connect(self) -> anyio.abc.SocketStream:
-        return await anyio.connect_tcp("127.0.0.1", self.port)
+    async def connect(self) -> socket.socket:
+        return await connect_tcp_socket(self.port)
+
+
+async def connect_tcp_socket(port: int) -> socket.socket:
+    """A connected non-blocking socket to ``127.0.0.1:port``, as ``Backend.connect_socket``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 @pytest.fixture(autouse=True)
@@ -169,7 +182,6 @@ async def relay_running(backend, relay: Relay, sock: socket.socket):  # type: ig
 async def test_host_header_is_rewritten_to_localhost(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_relay(tmp_path, Gate(ready=True))
     async with relay_running(backend, relay, sock):
-
         answer = await request(path, b"GET /api/tags HTTP/1.1\r\nHost: example.com\r\n\r\n")
 
     head = str(body_of(answer)["head"])
@@ -184,7 +196,6 @@ async def test_chunked_request_body_arrives_whole(tmp_path: Path) -> None:
         b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     )
     async with relay_running(backend, relay, sock):
-
         await request(path, raw)
 
     sent = backend.received[0]
@@ -194,13 +205,15 @@ async def test_chunked_request_body_arrives_whole(tmp_path: Path) -> None:
 async def test_keepalive_requests_are_each_rewritten(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_relay(tmp_path, Gate(ready=True))
     one = b"POST /a HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\n\r\nabc"
-    async with relay_running(backend, relay, sock):
-        async with await anyio.connect_unix(str(path)) as stream:
-            for _ in range(2):
-                await stream.send(one)
-                with anyio.fail_after(5):
-                    while len(backend.received) < _ + 1:
-                        await anyio.sleep(0.005)
+    async with (
+        relay_running(backend, relay, sock),
+        await anyio.connect_unix(str(path)) as stream,
+    ):
+        for _ in range(2):
+            await stream.send(one)
+            with anyio.fail_after(5):
+                while len(backend.received) < _ + 1:
+                    await anyio.sleep(0.005)
 
     assert len(backend.received) == 2
     assert all(b"Host: localhost" in r and b"a.example" not in r for r in backend.received)
@@ -209,7 +222,6 @@ async def test_keepalive_requests_are_each_rewritten(tmp_path: Path) -> None:
 async def test_not_ready_tenant_answers_503_with_ollama_error(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_relay(tmp_path, Gate(ready=False), wait_s=0.1)
     async with relay_running(backend, relay, sock):
-
         answer = await request(path, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
 
     assert answer.startswith(b"HTTP/1.1 503")
@@ -234,7 +246,6 @@ async def test_connection_waits_for_readiness_then_is_relayed(tmp_path: Path) ->
 async def test_malformed_request_gets_400_and_never_reaches_backend(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_relay(tmp_path, Gate(ready=True))
     async with relay_running(backend, relay, sock):
-
         answer = await request(path, b"NOT HTTP AT ALL\x00\r\n\r\n")
 
     assert answer.startswith(b"HTTP/1.1 400")
@@ -286,8 +297,8 @@ class ApiBackend:
         async with listener:
             await listener.serve(self._handle)
 
-    async def connect(self) -> anyio.abc.SocketStream:
-        return await anyio.connect_tcp("127.0.0.1", self.port)
+    async def connect(self) -> socket.socket:
+        return await connect_tcp_socket(self.port)
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         done: list[_Request] = []
@@ -370,10 +381,9 @@ async def test_refused_request_never_reaches_backend_and_keeps_the_connection(
 ) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
     before = refusals("images")
-    async with relay_running(backend, relay, sock):
-        async with uds_client(path) as http:
-            refused = await http.post("/api/chat", json=WITH_IMAGE)
-            answered = await http.post("/api/chat", json=CHAT)
+    async with relay_running(backend, relay, sock), uds_client(path) as http:
+        refused = await http.post("/api/chat", json=WITH_IMAGE)
+        answered = await http.post("/api/chat", json=CHAT)
 
     assert refused.status_code == 400
     assert refused.json() == {
@@ -389,12 +399,11 @@ async def test_refusal_is_logged_with_rule_route_and_peer_uid(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
-    async with relay_running(backend, relay, sock):
-        async with uds_client(path) as http:
-            with caplog.at_level(logging.WARNING, logger="supervisor.relay"):
-                await http.request("DELETE", "/api/delete", json={"model": "janus-pro-7b-qa"})
+    async with relay_running(backend, relay, sock), uds_client(path) as http:
+        with caplog.at_level(logging.WARNING, logger="supervisor.relay_connection"):
+            await http.request("DELETE", "/api/delete", json={"model": "janus-pro-7b-qa"})
 
-    [record] = [r for r in caplog.records if r.name == "supervisor.relay"]
+    [record] = [r for r in caplog.records if r.name == "supervisor.relay_connection"]
     assert record.levelno == logging.WARNING
     assert record.getMessage().startswith(
         f"tenant qa: refused DELETE /api/delete from uid {os.getuid()} (rule operation): "
@@ -439,10 +448,9 @@ async def test_chunked_inspected_body_is_relayed_whole(tmp_path: Path) -> None:
 
 async def test_model_list_shows_only_allowed_models(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
-    async with relay_running(backend, relay, sock):
-        async with uds_client(path) as http:
-            tags = await http.get("/api/tags")
-            head = await http.head("/")
+    async with relay_running(backend, relay, sock), uds_client(path) as http:
+        tags = await http.get("/api/tags")
+        head = await http.head("/")
 
     assert [m["name"] for m in tags.json()["models"]] == ["janus-pro-7b-qa:latest"]
     assert tags.headers["content-length"] == str(len(tags.content))
@@ -452,10 +460,9 @@ async def test_model_list_shows_only_allowed_models(tmp_path: Path) -> None:
 
 async def test_without_policy_model_list_passes_untouched(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, None)
-    async with relay_running(backend, relay, sock):
-        async with uds_client(path) as http:
-            tags = await http.get("/api/tags")
-            refused_elsewhere = await http.post("/api/create", json={"model": "x"})
+    async with relay_running(backend, relay, sock), uds_client(path) as http:
+        tags = await http.get("/api/tags")
+        refused_elsewhere = await http.post("/api/create", json={"model": "x"})
 
     assert [m["name"] for m in tags.json()["models"]] == MODELS
     assert refused_elsewhere.status_code == 200
@@ -464,9 +471,8 @@ async def test_without_policy_model_list_passes_untouched(tmp_path: Path) -> Non
 async def test_oversized_body_gets_413_and_never_reaches_backend(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy(max_body_bytes=1024))
     big = {**CHAT, "pad": "x" * 200_000}
-    async with relay_running(backend, relay, sock):
-        async with uds_client(path) as http:
-            answer = await http.post("/api/chat", json=big)
+    async with relay_running(backend, relay, sock), uds_client(path) as http:
+        answer = await http.post("/api/chat", json=big)
 
     assert answer.status_code == 413
     assert "tenants.qa.policy.max_body_bytes" in answer.json()["error"]
@@ -482,10 +488,9 @@ async def test_blob_upload_beyond_its_limit_is_cut_off(tmp_path: Path) -> None:
         for _ in range(10):
             yield b"x" * 65536
 
-    async with relay_running(backend, relay, sock):
-        async with uds_client(path) as http:
-            declared = await http.post("/api/blobs/sha256:00", content=b"x" * 200_000)
-            streamed = await http.post("/api/blobs/sha256:00", content=chunks())
+    async with relay_running(backend, relay, sock), uds_client(path) as http:
+        declared = await http.post("/api/blobs/sha256:00", content=b"x" * 200_000)
+        streamed = await http.post("/api/blobs/sha256:00", content=chunks())
 
     assert declared.status_code == streamed.status_code == 413
     assert "tenants.qa.policy.max_blob_bytes" in streamed.json()["error"]
@@ -496,16 +501,15 @@ async def test_requests_in_flight_counts_forwarded_until_answered(tmp_path: Path
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
     backend.hold = anyio.Event()
     seen: list[int] = []
-    async with relay_running(backend, relay, sock):
-        async with uds_client(path) as http:
-            async with anyio.create_task_group() as inner:
-                inner.start_soon(functools.partial(http.post, "/api/chat", json=CHAT))
-                await backend.arrived.wait()
-                seen.append(relay.requests_in_flight())
-                backend.hold.set()
+    async with relay_running(backend, relay, sock), uds_client(path) as http:
+        async with anyio.create_task_group() as inner:
+            inner.start_soon(functools.partial(http.post, "/api/chat", json=CHAT))
+            await backend.arrived.wait()
             seen.append(relay.requests_in_flight())
-            await http.head("/")
-            seen.append(relay.requests_in_flight())
+            backend.hold.set()
+        seen.append(relay.requests_in_flight())
+        await http.head("/")
+        seen.append(relay.requests_in_flight())
 
     assert seen == [1, 0, 0]
 
@@ -517,14 +521,16 @@ async def test_pipelined_requests_are_answered_in_order(tmp_path: Path) -> None:
     create = b"POST /api/create HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
     head = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
     last = b"GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    async with relay_running(backend, relay, sock):
-        async with await anyio.connect_unix(str(path)) as stream:
-            await stream.send(chat + create + head + chat + last)
-            await stream.send_eof()
-            data = b""
-            with anyio.fail_after(10):
-                while chunk := await receive_or_empty(stream):
-                    data += chunk
+    async with (
+        relay_running(backend, relay, sock),
+        await anyio.connect_unix(str(path)) as stream,
+    ):
+        await stream.send(chat + create + head + chat + last)
+        await stream.send_eof()
+        data = b""
+        with anyio.fail_after(10):
+            while chunk := await receive_or_empty(stream):
+                data += chunk
 
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", data)
     assert statuses == [b"200", b"403", b"200", b"200", b"200"]
@@ -546,13 +552,15 @@ async def test_expect_continue_on_inspected_route_is_answered_by_the_relay(tmp_p
         b"POST /api/chat HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body)
     )
-    async with relay_running(backend, relay, sock):
-        async with await anyio.connect_unix(str(path)) as stream:
-            await stream.send(head)
-            with anyio.fail_after(10):
-                interim = await stream.receive()
-                await stream.send(body)
-                final = await stream.receive()
+    async with (
+        relay_running(backend, relay, sock),
+        await anyio.connect_unix(str(path)) as stream,
+    ):
+        await stream.send(head)
+        with anyio.fail_after(10):
+            interim = await stream.receive()
+            await stream.send(body)
+            final = await stream.receive()
 
     assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert final.startswith(b"HTTP/1.1 200")
@@ -561,9 +569,8 @@ async def test_expect_continue_on_inspected_route_is_answered_by_the_relay(tmp_p
 
 async def test_percent_encoded_route_is_judged_as_decoded(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
-    async with relay_running(backend, relay, sock):
-        async with uds_client(path) as http:
-            answer = await http.post("/api/%63reate", json={"model": "janus-pro-7b-qa"})
+    async with relay_running(backend, relay, sock), uds_client(path) as http:
+        answer = await http.post("/api/%63reate", json={"model": "janus-pro-7b-qa"})
 
     assert answer.status_code == 403
     assert backend.requests == []
@@ -594,10 +601,192 @@ async def test_absolute_form_target_reaches_the_server_as_a_path(tmp_path: Path)
 
 async def test_refused_head_request_gets_no_body_and_keeps_the_connection(tmp_path: Path) -> None:
     backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
-    async with relay_running(backend, relay, sock):
-        async with uds_client(path) as http:
-            refused = await http.head("/api/blobs/sha256:00")
-            answered = await http.get("/api/version")
+    async with relay_running(backend, relay, sock), uds_client(path) as http:
+        refused = await http.head("/api/blobs/sha256:00")
+        answered = await http.get("/api/version")
 
     assert refused.status_code == 403 and refused.content == b""
     assert answered.status_code == 200 and answered.json()["url"] == "/api/version"
+
+
+# ---- flow control, stray bytes and stopping, over raw sockets ------------------------------
+
+LARGE = 64 << 20  # far more than every socket buffer on the way can hold
+
+
+class RawBackend:
+    """A backend on plain non-blocking sockets; ``handler`` runs once per connection."""
+
+    def __init__(self, handler) -> None:  # type: ignore[no-untyped-def]
+        self.handler = handler
+        self.port = 0
+
+    async def serve(self, task_status: anyio.abc.TaskStatus[None]) -> None:
+        loop = asyncio.get_running_loop()
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            listener.setblocking(False)
+            self.port = listener.getsockname()[1]
+            task_status.started()
+            async with anyio.create_task_group() as tg:
+                while True:
+                    conn, _ = await loop.sock_accept(listener)
+                    tg.start_soon(self._run, conn)
+
+    async def _run(self, conn: socket.socket) -> None:
+        with conn:
+            await self.handler(conn)
+
+    async def connect(self) -> socket.socket:
+        return await connect_tcp_socket(self.port)
+
+
+class Sender:
+    """Sends bytes on a non-blocking socket; ``stalled`` is set once the peer has taken
+    nothing for half a second (it stopped reading, and every buffer on the way is full)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.stalled = anyio.Event()
+
+    async def send(self, sock: socket.socket, total: int) -> None:
+        block = b"x" * (1 << 16)
+        while self.sent < total:
+            try:
+                self.sent += sock.send(block[: total - self.sent])
+                continue
+            except BlockingIOError:
+                pass
+            with anyio.move_on_after(0.5) as waited:
+                await anyio.wait_writable(sock)
+            if waited.cancelled_caught:
+                self.stalled.set()
+
+
+async def read_head(sock: socket.socket) -> bytes:
+    """Read up to the end of a message head; return what came after it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await asyncio.get_running_loop().sock_recv(sock, 65536)
+        assert chunk, "the peer closed before the end of the head"
+        data += chunk
+    return data.partition(b"\r\n\r\n")[2]
+
+
+async def count_bytes(sock: socket.socket, wanted: int) -> int:
+    """Read until ``wanted`` bytes came or the peer closed; return how many came."""
+    got = 0
+    while got < wanted:
+        chunk = await asyncio.get_running_loop().sock_recv(sock, 1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
+
+
+async def unix_client(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    _OPENED[-1].append(sock)
+    await asyncio.get_running_loop().sock_connect(sock, str(path))
+    return sock
+
+
+def raw_relay(tmp_path: Path, handler) -> tuple[RawBackend, Path, socket.socket, Relay]:  # type: ignore[no-untyped-def]
+    backend = RawBackend(handler)
+    path = tmp_path / "raw.sock"
+    return backend, path, unix_listener(path), Relay(Gate(ready=True), backend.connect, lambda: 5.0)
+
+
+async def test_client_that_stops_reading_holds_back_a_large_response(tmp_path: Path) -> None:
+    sender = Sender()
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % LARGE
+
+    async def answer_large(conn: socket.socket) -> None:
+        await read_head(conn)
+        await asyncio.get_running_loop().sock_sendall(conn, head)
+        await sender.send(conn, LARGE)
+
+    backend, path, sock, relay = raw_relay(tmp_path, answer_large)
+    async with relay_running(backend, relay, sock):
+        client = await unix_client(path)
+        await asyncio.get_running_loop().sock_sendall(client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with anyio.fail_after(20):
+            await sender.stalled.wait()
+            held_back = LARGE - sender.sent
+            received = await count_bytes(client, len(head) + LARGE)
+
+    assert held_back > LARGE // 2
+    assert received == len(head) + LARGE
+
+
+async def test_backend_that_stops_reading_holds_back_a_large_upload(tmp_path: Path) -> None:
+    sender, release = Sender(), anyio.Event()
+
+    async def absorb_when_released(conn: socket.socket) -> None:
+        early = len(await read_head(conn))
+        await release.wait()
+        body = b"%d" % (early + await count_bytes(conn, LARGE - early))
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        await asyncio.get_running_loop().sock_sendall(conn, answer)
+
+    backend, path, sock, relay = raw_relay(tmp_path, absorb_when_released)
+    async with relay_running(backend, relay, sock):
+        client = await unix_client(path)
+        head = b"POST /api/blobs/x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % LARGE
+        await asyncio.get_running_loop().sock_sendall(client, head)
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sender.send, client, LARGE)
+                await sender.stalled.wait()
+                held_back = LARGE - sender.sent
+                release.set()
+            answer = await asyncio.get_running_loop().sock_recv(client, 65536)
+
+    assert held_back > LARGE // 2
+    assert answer.endswith(b"\r\n\r\n%d" % LARGE)
+
+
+async def test_bytes_no_request_asked_for_close_the_client_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def chatter(conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(conn, b"unasked-for bytes")
+        await loop.sock_recv(conn, 1)  # until the relay closes
+
+    backend, path, sock, relay = raw_relay(tmp_path, chatter)
+    async with relay_running(backend, relay, sock):
+        client = await unix_client(path)
+        with anyio.fail_after(10):
+            answer = await asyncio.get_running_loop().sock_recv(client, 65536)
+
+    assert answer == b""
+    assert "the server sent 17 bytes no request asked for" in caplog.text
+
+
+async def test_stopping_the_relay_closes_its_open_connections(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_relay(tmp_path, Gate(ready=True))
+    relay_scope = anyio.CancelScope()
+
+    async def serve_until_stopped() -> None:
+        with relay_scope:
+            await relay.serve(sock)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(backend.serve)
+        tg.start_soon(serve_until_stopped)
+        async with await anyio.connect_unix(str(path)) as stream:
+            await stream.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+            with anyio.fail_after(10):
+                first = b""
+                while not first.endswith(b"}"):
+                    first += await stream.receive()
+                relay_scope.cancel()
+                rest = await receive_or_empty(stream)
+        tg.cancel_scope.cancel()
+
+    assert first.startswith(b"HTTP/1.1 200")
+    assert rest == b""
+    assert relay.requests_in_flight() == 0

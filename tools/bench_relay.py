@@ -132,7 +132,11 @@ def run_relay(mode: str, sock_path: str, port: int, ref: str | None) -> None:
     module = _relay_module(mode, ref)
 
     async def connect() -> Any:
-        return await anyio.connect_tcp("127.0.0.1", port)
+        if mode == "before" and not hasattr(module, "Connection"):
+            return await anyio.connect_tcp("127.0.0.1", port)  # relay.py before transports
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setblocking(False)
+        return sock
 
     if mode == "on":
         policy = _qa_policy()

@@ -141,6 +141,10 @@ def run(spec: dict[str, Any]) -> int:
         os.write(report, CHECK_FAILED + bytes(ord("0") + ok for ok in answers))
         return 125
     os.set_inheritable(report, False)  # closed by the exec: end of file tells "started"
+    # Whatever the daemon's spawn left open beyond the standard streams, the server must not
+    # inherit (an event loop may open /dev/null for stdin without close-on-exec).
+    os.closerange(3, report)
+    os.closerange(report + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     binary = spec["argv"][0]
     try:
         os.execve(binary, spec["argv"], spec["env"])

@@ -121,6 +121,8 @@ def kill_trial(uid: int, sock_path: str,
 
 
 def summary(values: list[float]) -> str:
+    if not values:
+        return "not measured (--kills 0)"
     return (f"median {statistics.median(values) * 1000:7.1f} ms  "
             f"(min {min(values) * 1000:.1f}, max {max(values) * 1000:.1f}, n={len(values)})")
 

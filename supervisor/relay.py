@@ -35,8 +35,9 @@ from typing import Protocol
 import anyio
 
 from supervisor.policy import TenantPolicy
-from supervisor.relay_connection import Connection, RelayState
+from supervisor.relay_connection import Connection
 from supervisor.relay_http import RequestReader, error_response
+from supervisor.relay_state import RelayState
 from supervisor.sockets import peer_credentials
 
 log = logging.getLogger(__name__)

@@ -18,13 +18,13 @@ import asyncio
 import enum
 import logging
 import socket
-from collections.abc import Callable
 from typing import cast
 
 import anyio
 
 from supervisor.metrics import POLICY_REFUSALS
 from supervisor.policy import Plan, Refusal, Rule, TenantPolicy
+from supervisor.relay_backend import HELD, STARTING, BackendSide
 from supervisor.relay_http import (
     END,
     LISTING_LIMIT,
@@ -36,51 +36,14 @@ from supervisor.relay_http import (
     RequestReader,
     error_response,
 )
+from supervisor.relay_state import OPEN_PLAN, RelayState
 
 log = logging.getLogger(__name__)
 
 _DISCARD_LIMIT = 64 << 10  # a refused body up to this size is read and dropped; larger: close
 _LINGER_S = 2.0  # after a refusal that closes, read the client's leftovers this long
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_OPEN = Plan("", None)  # what every request gets when no policy is set
 _NO_EVENTS: list[Event] = []
-_DECISIONS_KEPT = 512  # distinct request lines whose policy decision is remembered
-
-# Why the client is not being read, one bit each; it is read again when none is left.
-_STARTING = 1  # the transports are being set up
-_BACKEND_FULL = 2  # the backend's write buffer is above its high-water mark
-_HELD = 4  # a request waits for the previous response to complete
-
-
-class RelayState:
-    """What the connections of one relay share: the tenant, its policy, requests in flight."""
-
-    def __init__(self, tenant: str, policy: Callable[[], TenantPolicy | None]) -> None:
-        self.tenant = tenant
-        self.policy = policy
-        self.in_flight = 0  # requests forwarded whose response has not been passed on yet
-        self._decided: TenantPolicy | None = None  # the policy the decisions below are from
-        self._decisions: dict[tuple[str, bytes], Plan | Refusal] = {}
-
-    def decide(self, head: Head) -> tuple[TenantPolicy | None, Plan | Refusal]:
-        """The current policy and its decision on ``head``'s request line.
-
-        ``check_head`` depends on the policy and the request line alone, and clients repeat
-        the same few lines, so decisions are kept until the policy object changes (a reload).
-        """
-        policy = self.policy()
-        if policy is None:
-            return None, _OPEN
-        if policy is not self._decided:
-            self._decided, self._decisions = policy, {}
-        key = (head.method, head.target)
-        decision = self._decisions.get(key)
-        if decision is None:
-            decision = policy.check_head(head.method, head.target)
-            if len(self._decisions) >= _DECISIONS_KEPT:
-                self._decisions.clear()  # blob digests and model names make many lines
-            self._decisions[key] = decision
-        return policy, decision
 
 
 class _Close(Exception):
@@ -92,32 +55,6 @@ class _Mode(enum.Enum):
     FORWARD = "forward"  # the body goes upstream as it arrives
     INSPECT = "inspect"  # the body is buffered for the policy
     DISCARD = "discard"  # the request was refused; its body is dropped
-
-
-class _BackendSide(asyncio.Protocol):
-    """Passes the backend transport's callbacks on to its ``Connection``."""
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._conn.backend_made(cast(asyncio.Transport, transport))
-
-    def data_received(self, data: bytes) -> None:
-        self._conn.response_received(data)
-
-    def eof_received(self) -> bool:
-        self._conn.backend_ended()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._conn.backend_lost()
-
-    def pause_writing(self) -> None:
-        self._conn.hold_client(_BACKEND_FULL)
-
-    def resume_writing(self) -> None:
-        self._conn.release_client(_BACKEND_FULL)
 
 
 class Connection(asyncio.Protocol):
@@ -136,7 +73,7 @@ class Connection(asyncio.Protocol):
         self._transports: list[asyncio.Transport] = []
         self._lost = 0
         self._lost_event = anyio.Event()
-        self._holds = _STARTING
+        self._holds = STARTING
         self._client_eof = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._events, self._next = _NO_EVENTS, 0  # parsed, and how many were handled
@@ -144,7 +81,7 @@ class Connection(asyncio.Protocol):
         self._out: list[bytes] = []  # for upstream, written once per client read
         self._mode = _Mode.IDLE
         self._head: Head | None = None
-        self._plan = _OPEN
+        self._plan = OPEN_PLAN
         self._policy: TenantPolicy | None = None
         self._body: list[bytes] = []
         self._size = 0
@@ -159,12 +96,12 @@ class Connection(asyncio.Protocol):
         try:
             # Wrapping takes a loop iteration or two and blocks on nothing.
             with anyio.CancelScope(shield=True):
-                await loop.connect_accepted_socket(lambda: _BackendSide(self), backend)
+                await loop.connect_accepted_socket(lambda: BackendSide(self), backend)
                 await loop.connect_accepted_socket(lambda: self, client)
             if self._lost:
                 self._abort()
             else:
-                self.release_client(_STARTING)
+                self.release_client(STARTING)
                 self._backend.resume_reading()
             await self._wait_lost()
         finally:
@@ -235,7 +172,7 @@ class Connection(asyncio.Protocol):
         self._backend.resume_reading()
 
     def hold_client(self, reason: int) -> None:
-        """Stop reading the client for ``reason`` (one of the bits above)."""
+        """Stop reading the client for ``reason`` (one of the bits in ``relay_backend``)."""
         if not self._holds and not self._client_eof:
             self._client.pause_reading()
         self._holds |= reason
@@ -277,14 +214,14 @@ class Connection(asyncio.Protocol):
 
     def _hold(self) -> bool:
         self._flush()
-        self.hold_client(_HELD)
+        self.hold_client(HELD)
         return False
 
     def _release_held(self) -> None:
         """The response the held events waited for is complete: go on with them."""
         try:
             if self._run_events():
-                self.release_client(_HELD)
+                self.release_client(HELD)
         except _Close:
             self._linger()
 
@@ -475,7 +412,7 @@ class Connection(asyncio.Protocol):
                 self._client.write(out)
             if exchange.complete:
                 self._finish()
-                if self._holds & _HELD:
+                if self._holds & HELD:
                     self._release_held()
         except ListingTooLarge:
             self._listing_too_large()

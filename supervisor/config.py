@@ -320,7 +320,7 @@ class PolicyConfig(StrictModel):
         if value == "all":
             return value
         if not isinstance(value, list):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 - pydantic reports ValueError, not TypeError
                 f"{value!r} is not an operations setting; write a list such as [read, infer], "
                 "or all"
             )
@@ -339,7 +339,7 @@ class PolicyConfig(StrictModel):
         if value in ("variants", "any"):
             return value
         if not isinstance(value, list):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 - pydantic reports ValueError, not TypeError
                 f"{value!r} is not a models setting; write variants, any, or a list of model "
                 f"names such as [{value}]"
             )

@@ -358,9 +358,12 @@ class TenantPolicy:
             return self._unknown_route(method, key, label)
         if self.operations is not None and route.operation not in self.operations:
             return self._operation_refusal(route.operation, label)
-        if route.path_model and self.models is not None:
-            if refusal := self._check_names([path.rsplit("/", 1)[1]]):
-                return refusal
+        if (
+            route.path_model
+            and self.models is not None
+            and (refusal := self._check_names([path.rsplit("/", 1)[1]]))
+        ):
+            return refusal
         inspect = bool(route.models and self.models is not None)
         inspect = inspect or (route.images is not None and not self.images)
         listing = route.listing if self.models is not None else None

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 def check(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "supervisor.daemon", "--config", str(config), "--check"],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
     )
 
 
@@ -116,7 +116,7 @@ def test_daemon_refuses_to_start_on_invalid_config(tmp_path: Path) -> None:
 
     result = subprocess.run(
         [sys.executable, "-m", "supervisor.daemon", "--config", str(write(tmp_path, config))],
-        capture_output=True, text=True, timeout=60, cwd=REPO,
+        capture_output=True, text=True, timeout=60, cwd=REPO, check=False,
     )
 
     assert result.returncode == 2

@@ -112,6 +112,7 @@ def run_once(
         text=True,
         timeout=timeout,
         start_new_session=True,
+        check=False,
         **popen,
     )
     return result
@@ -1081,7 +1082,7 @@ def test_emulator_runs_under_the_system_python_with_stdlib_only() -> None:
     script = fx.EMULATOR.read_text()
     imports = set()
     for path in (fx.REPO / "tools" / "ollama_emulator").glob("*.py"):
-        imports |= set(re.findall(r"^(?:from|import) (\w+)", path.read_text(), re.M))
+        imports |= set(re.findall(r"^(?:from|import) (\w+)", path.read_text(), re.MULTILINE))
 
     assert script.startswith("#!/usr/bin/env -S python3 -S -I\n")  # no site, no PYTHON* vars
     assert stat.S_IMODE(fx.EMULATOR.stat().st_mode) == 0o755

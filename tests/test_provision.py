@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import anyio
 import pytest
@@ -214,7 +215,9 @@ def test_one_digest_cache_shared_with_modelfile() -> None:
 
 def test_noprune_needed_only_with_a_shared_store(tmp_path: Path) -> None:
     class Cfg:
-        base_models = {"a": BaseModelConfig(gguf=DEMO_GGUF)}
+        base_models: ClassVar[dict[str, BaseModelConfig]] = {
+            "a": BaseModelConfig(gguf=DEMO_GGUF)
+        }
 
     assert not provision.uses_shared_store(Cfg())  # type: ignore[arg-type]
     Cfg.base_models["b"] = BaseModelConfig(shared_store=tmp_path)

@@ -29,7 +29,7 @@ def test_every_config_key_is_in_the_reference() -> None:
 def test_every_exit_code_is_in_the_table() -> None:
     codes = {v for k, v in vars(exitcodes).items() if k.isupper()}
 
-    documented = {int(m) for m in re.findall(r"^\| (\d) \|", README, flags=re.M)}
+    documented = {int(m) for m in re.findall(r"^\| (\d) \|", README, flags=re.MULTILINE)}
 
     assert codes <= documented
 

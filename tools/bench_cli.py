@@ -26,10 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from supervisor.config import ControlConfig  # noqa: E402
-from supervisor.control import ControlServer  # noqa: E402
-from supervisor.sockets import bind_unix_socket  # noqa: E402
-from supervisor.status import DaemonStatus, TenantState, TenantStatus  # noqa: E402
+from supervisor.config import ControlConfig
+from supervisor.control import ControlServer
+from supervisor.sockets import bind_unix_socket
+from supervisor.status import DaemonStatus, TenantState, TenantStatus
 
 
 class StaticAPI:

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -29,10 +28,10 @@ import anyio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from supervisor.config import BaseModelConfig  # noqa: E402
-from supervisor.ollama_api import OllamaAPI  # noqa: E402
-from supervisor.provision import ImportLimiter, TenantStore, ensure_base  # noqa: E402
-from tests.emulator_fixtures import DEMO_GGUF, EmulatorProcess, start_emulator  # noqa: E402
+from supervisor.config import BaseModelConfig
+from supervisor.ollama_api import OllamaAPI
+from supervisor.provision import ImportLimiter, TenantStore, ensure_base
+from tests.emulator_fixtures import DEMO_GGUF, EmulatorProcess, start_emulator
 
 BASE = "bench-base"
 TENANTS = 3

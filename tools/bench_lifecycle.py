@@ -141,8 +141,9 @@ def run(args: argparse.Namespace) -> None:
         sockets = [str(root / "run" / f"t{i:02d}.sock") for i in range(args.tenants)]
         began = time.monotonic()
         prefix = ["-m", "cProfile", "-o", args.cprofile] if args.cprofile else []
-        daemon = subprocess.Popen([sys.executable, *prefix, "-m", "supervisor.daemon", "--config",
-                                   str(config)], cwd=REPO, stderr=open(root / "daemon.log", "wb"))
+        with open(root / "daemon.log", "wb") as daemon_log:  # the daemon keeps its own copy
+            daemon = subprocess.Popen([sys.executable, *prefix, "-m", "supervisor.daemon",
+                                       "--config", str(config)], cwd=REPO, stderr=daemon_log)
         while not all(os.path.exists(s) for s in sockets):
             time.sleep(0.002)
         cold = wait_all(sockets)
@@ -194,9 +195,9 @@ def run(args: argparse.Namespace) -> None:
             daemon.kill()
             daemon.wait()
         for user in users:
-            subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)
-            subprocess.run(["userdel", user], capture_output=True)
-            subprocess.run(["groupdel", user], capture_output=True)
+            subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True, check=False)
+            subprocess.run(["userdel", user], capture_output=True, check=False)
+            subprocess.run(["groupdel", user], capture_output=True, check=False)
         shutil.rmtree(root, ignore_errors=True)
 
 

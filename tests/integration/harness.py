@@ -144,7 +144,7 @@ class Deployment:
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "supervisor.cli", "--socket", str(self.control), *args],
-            capture_output=True, text=True, timeout=120, cwd=REPO,
+            capture_output=True, text=True, timeout=120, cwd=REPO, check=False,
         )
 
     def stop(self, timeout_s: float = 60) -> int:
@@ -182,9 +182,9 @@ def create_user(name: str) -> None:
 
 
 def delete_user(name: str) -> None:
-    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
-    subprocess.run(["userdel", name], capture_output=True)
-    subprocess.run(["groupdel", name], capture_output=True)
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True, check=False)
+    subprocess.run(["userdel", name], capture_output=True, check=False)
+    subprocess.run(["groupdel", name], capture_output=True, check=False)
 
 
 def user_processes(name: str) -> list[int]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import threading
 import pwd
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any

@@ -14,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import httpx
 import ollama
@@ -178,7 +179,7 @@ class PeakRss:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, self.proc.memory_info().rss)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import ollama
-import pytest
 
 from tests.emulator_fixtures import start_emulator
 from tests.integration.harness import ROLES, Deployment, control_get, deadline_loop, needs_root

@@ -177,7 +177,7 @@ class _Reader:
 
 def shortest_float32(value: float) -> float:
     """The shortest decimal that round-trips through float32, as Go prints a float32."""
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         return value
     packed = struct.pack("<f", value)
     for digits in range(1, 10):

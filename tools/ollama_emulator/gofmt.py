@@ -7,6 +7,7 @@ reproduce the parts that are visible on the wire, in the store and in the logs.
 from __future__ import annotations
 
 import decimal
+import math
 import os
 import re
 import time
@@ -73,7 +74,7 @@ def _json_string(s: str) -> str:
 
 
 def _json_float(v: float) -> str:
-    if v != v or v in (float("inf"), float("-inf")):
+    if not math.isfinite(v):
         raise ValueError(f"json: unsupported value: {v!r}")
     if v == int(v) and abs(v) < 1e21:
         return str(int(v))

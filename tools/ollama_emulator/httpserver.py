@@ -306,7 +306,7 @@ class Handler(BaseHTTPRequestHandler):
         except ApiError as exc:
             self.send_json(exc.status, {"error": exc.message}, "application/json")
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is answered as Ollama's error JSON
             self.send_json(500, {"error": str(exc)}, "application/json")
             return
         self._start_chunked()
@@ -319,7 +319,7 @@ class Handler(BaseHTTPRequestHandler):
             self._write_chunk((go_json({"error": exc.message}) + "\n").encode())
         except (BrokenPipeError, ConnectionResetError):
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is answered as Ollama's error JSON
             self._write_chunk((go_json({"error": str(exc)}) + "\n").encode())
         finally:
             close = getattr(items, "close", None)
@@ -337,7 +337,7 @@ class Handler(BaseHTTPRequestHandler):
         except ApiError as exc:
             self.send_json(exc.status, {"error": exc.message}, "application/json")
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is answered as Ollama's error JSON
             self.send_json(500, {"error": str(exc)}, "application/json")
             return
         self.send_json(200, last, "application/json")

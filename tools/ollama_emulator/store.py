@@ -190,7 +190,8 @@ class Store:
             return None
         data = json.loads(raw)
         if not isinstance(data, dict):
-            raise ValueError(f"manifest {path} is not a JSON object")
+            # Corrupt content, not a wrong argument: callers catch ValueError for a bad manifest.
+            raise ValueError(f"manifest {path} is not a JSON object")  # noqa: TRY004 - see above
         layers = [Layer.from_json(item) for item in data.get("layers") or []]
         return Manifest(
             name, path, raw, mtime_ns, Layer.from_json(data.get("config") or {}), layers

@@ -601,6 +601,20 @@ async def test_oversized_headers_are_refused_and_the_connection_closed(
     assert api.calls == []
 
 
+
+async def test_status_lines_carry_the_reason_phrase(serve: Serve, api: FakeAPI) -> None:
+    server = await serve(api)
+    lines = []
+    for head in ("GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close",
+                 "GET /v1/nowhere HTTP/1.1\r\nHost: x\r\nConnection: close",
+                 "BROKEN LINE"):
+        reader, writer = await asyncio.open_unix_connection(server.path)
+        writer.write(head.encode() + b"\r\n\r\n")
+        lines.append((await reader.readline()).decode().rstrip())
+        writer.close()
+
+    assert lines == ["HTTP/1.1 200 OK", "HTTP/1.1 404 Not Found", "HTTP/1.1 400 Bad Request"]
+
 # -- rights, with real users (case C5) -------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ import logging
 import socket
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -253,7 +254,17 @@ def _head(request: Request, response: Response, length: int | None) -> h11.Respo
         headers.append(("Content-Length", str(length)))
     if response.close or request.body_error is not None:
         headers.append(("Connection", "close"))
-    return h11.Response(status_code=response.status, headers=headers)
+    return h11.Response(
+        status_code=response.status, headers=headers, reason=_phrase(response.status)
+    )
+
+
+def _phrase(status: int) -> bytes:
+    """The reason phrase of ``status`` ("Not Found"); h11 would send none."""
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def _head_size(head: h11.Request) -> int:
@@ -279,6 +290,9 @@ async def _refuse_malformed(
         ("Content-Length", str(len(body))),
         ("Connection", "close"),
     ]
-    await _send(conn, writer, h11.Response(status_code=exc.error_status_hint, headers=headers))
+    status = exc.error_status_hint
+    await _send(
+        conn, writer, h11.Response(status_code=status, headers=headers, reason=_phrase(status))
+    )
     await _send(conn, writer, h11.Data(data=body))
     await _send(conn, writer, h11.EndOfMessage())

@@ -7,6 +7,11 @@ and records them with their start times in ``<state_dir>/run/<tenant>.json``. A 
 group and every recorded process. A daemon that starts after its predecessor was killed reads the
 record and ends what is left — but only processes whose uid and start time match the record, so
 a pid reused by an unrelated process is never signalled.
+
+A runner that called ``setsid`` less than one observation before the old daemon was killed is in
+neither the record nor the recorded group. It still runs with the tenant's uid, carries the
+tenant's store (``OLLAMA_MODELS=<models_dir>``, inherited from the server) in its environment, and
+started before the new daemon did; those three together mark it as a leftover too.
 """
 
 from __future__ import annotations
@@ -117,6 +122,11 @@ def _live(proc: psutil.Process) -> bool:
         return False
 
 
+def store_marker(models_dir: Path) -> bytes:
+    """The environment entry every process of a tenant's server inherits: its store."""
+    return os.fsencode(f"OLLAMA_MODELS={models_dir}")
+
+
 def _environ_has(pid: int, needle: bytes) -> bool:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
@@ -152,7 +162,7 @@ class ProcessTracker:
         self.pgid = server_pid
         self.uid = uid
         self.known: dict[int, ProcRef] = {server_pid: self.server}
-        self._marker = f"OLLAMA_MODELS={models_dir}".encode()
+        self._marker = store_marker(models_dir)
         self._record = record
         self._save()
 
@@ -219,6 +229,7 @@ class ProcessTracker:
             "pgid": self.pgid,
             "server": [self.server.pid, self.server.start],
             "known": [[r.pid, r.start] for r in self.known.values()],
+            "marker": os.fsdecode(self._marker),
         }
         tmp = self._record.with_suffix(".tmp")
         try:
@@ -230,7 +241,12 @@ class ProcessTracker:
                         "may then go unnoticed", self._record, exc.strerror)
 
 
-def _recorded_survivors(data: dict[str, object]) -> list[psutil.Process]:
+def _own_start() -> float:
+    return psutil.Process(os.getpid()).create_time()
+
+
+def _recorded_survivors(data: dict[str, object], markers: set[bytes],
+                        started_before: float) -> list[psutil.Process]:
     uid = int(data["uid"])  # type: ignore[call-overload]
     pgid = int(data["pgid"])  # type: ignore[call-overload]
     server_start = float(data["server"][1])  # type: ignore[index]
@@ -241,20 +257,29 @@ def _recorded_survivors(data: dict[str, object]) -> list[psutil.Process]:
         try:
             if proc.info["uids"].real != uid or not _live(proc):
                 continue
+            created = proc.info["create_time"]
             ref = refs.get(proc.pid)
-            in_group = os.getpgid(proc.pid) == pgid and proc.info["create_time"] >= server_start
-        except (psutil.Error, OSError, AttributeError):
+            in_group = os.getpgid(proc.pid) == pgid and created >= server_start
+        except (psutil.Error, OSError, AttributeError, TypeError):
             continue
-        if (ref is not None and ref.matches(proc)) or in_group:
+        recorded = (ref is not None and ref.matches(proc)) or in_group
+        # A runner that left the group before it was recorded: only the store marks it.
+        if recorded or (created < started_before
+                        and any(_environ_has(proc.pid, m) for m in markers)):
             found.append(proc)
     return found
 
 
-def end_leftovers(tenant: str, record: Path, timeout_s: float = 5.0) -> list[int]:
+def end_leftovers(tenant: str, record: Path, models_dir: Path | None = None,
+                  timeout_s: float = 5.0, started_before: float | None = None) -> list[int]:
     """End what a previous daemon left running for ``tenant``; returns the pids killed.
 
-    Only processes with the recorded uid whose start time matches a recorded process, or that
-    are in the recorded process group and started after the recorded server, are signalled.
+    Only processes with the recorded uid are signalled, and of those only the ones whose start
+    time matches a recorded process, that are in the recorded process group and started after
+    the recorded server, or that started before this daemon (``started_before``, by default this
+    process's start time) and carry the tenant's store marker (``OLLAMA_MODELS=<models_dir>``,
+    from the record and from ``models_dir``) in their environment. Nothing happens without a
+    record: a daemon that stopped the tenant cleanly removed it.
     """
     try:
         data = json.loads(record.read_text())
@@ -264,7 +289,11 @@ def end_leftovers(tenant: str, record: Path, timeout_s: float = 5.0) -> list[int
         log.warning("tenant %s: unreadable process record %s (%s); ignoring it", tenant, record,
                     exc, extra={"tenant": tenant})
         return []
-    survivors = _recorded_survivors(data)
+    markers = {store_marker(models_dir)} if models_dir is not None else set()
+    if isinstance(data.get("marker"), str):
+        markers.add(os.fsencode(data["marker"]))
+    survivors = _recorded_survivors(data, markers,
+                                    _own_start() if started_before is None else started_before)
     for proc in survivors:
         log.warning("tenant %s: ending pid %d (%s) left by a previous daemon", tenant, proc.pid,
                     _name(proc), extra={"tenant": tenant})

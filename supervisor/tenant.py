@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 _STARTUP_POLL_FIRST_S = 0.02
 _STARTUP_POLL_MAX_S = 0.5
+# One early look for descendants after ready, so that runners started during the start-up are
+# on record well before the first probe period ends (a daemon killed meanwhile misses them).
+_EARLY_OBSERVE_S = 1.0
 
 
 class Outcome(enum.Enum):
@@ -252,7 +255,10 @@ class Tenant:
     async def run(self) -> None:
         """The tenant's supervision loop; ends after ``shutdown``."""
         try:
-            await anyio.to_thread.run_sync(end_leftovers, self.name, self.record)
+            # Before the first spawn: a killed daemon's runners must be gone before new ones
+            # start (the GPU memory they hold, and never two servers for one tenant).
+            await anyio.to_thread.run_sync(end_leftovers, self.name, self.record,
+                                           self.cfg.models_dir)
             while self._pending is not Outcome.SHUTDOWN:
                 if self._failed and self._want_running:
                     await self._sleep_until_woken(None)
@@ -500,12 +506,20 @@ class Tenant:
             return f"{what} timeout after {self.cfg.probe_timeout_s:g}s"
         return None
 
+    def _observe(self) -> None:
+        if self.server is not None and self.server.tracker is not None:
+            self.server.tracker.observe()
+
     async def _watch_liveness(self, api: OllamaAPI) -> Outcome:
         failures = 0
+        early = min(_EARLY_OBSERVE_S, self.cfg.probe_period_s)
+        await anyio.sleep(early)
+        self._observe()
+        delay = self.cfg.probe_period_s - early
         while True:
-            await anyio.sleep(self.cfg.probe_period_s)
-            if self.server is not None and self.server.tracker is not None:
-                self.server.tracker.observe()
+            await anyio.sleep(delay)
+            delay = self.cfg.probe_period_s
+            self._observe()
             if self._ready_since is not None:
                 self._healthy_for = time.time() - self._ready_since
             reason = await self._probe(api)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import secrets
+import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
 
 from supervisor.leftovers import ProcessTracker, end_leftovers, ref_of
+from tests.integration.harness import create_user, delete_user
 
 
 @pytest.fixture
@@ -96,3 +101,131 @@ def test_tracker_records_descendants_that_leave_the_group(tmp_path: Path) -> Non
     assert signalled == 2
     tracker.forget()
     assert not record.exists()
+
+
+# -- runners that left the recorded group before any observation (cases C2/C3) ---------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a real tenant user)")
+SLEEP = shutil.which("sleep") or "/bin/sleep"
+
+
+@pytest.fixture(scope="module")
+def tenant_user() -> Iterator[pwd.struct_passwd]:
+    name = f"jtlo{secrets.token_hex(3)}"
+    create_user(name)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        delete_user(name)
+
+
+@dataclass
+class Spawner:
+    user: pwd.struct_passwd
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def __call__(self, env: dict[str, str] | None = None) -> psutil.Process:
+        """``sleep`` as the tenant user in a session of its own (as after ``setsid``)."""
+        proc = subprocess.Popen([SLEEP, "60"], user=self.user.pw_uid, group=self.user.pw_gid,
+                                extra_groups=[], start_new_session=True, cwd="/",
+                                env={"PATH": "/usr/bin:/bin", **(env or {})})
+        self.procs.append(proc)
+        return psutil.Process(proc.pid)
+
+    def dead_server(self, record: Path, store: Path | None) -> None:
+        """Record a server that is gone, in the old format (no marker) unless ``store``."""
+        server = self()
+        if store is None:
+            record.write_text(json.dumps({
+                "uid": self.user.pw_uid, "pgid": server.pid,
+                "server": [server.pid, server.create_time()],
+                "known": [[server.pid, server.create_time()]]}))
+        else:
+            ProcessTracker(server.pid, self.user.pw_uid, store, record)
+        server.kill()
+        self.procs[-1].wait()
+
+
+@pytest.fixture
+def spawn(tenant_user: pwd.struct_passwd) -> Iterator[Spawner]:
+    spawner = Spawner(tenant_user)
+    yield spawner
+    for proc in spawner.procs:
+        proc.kill()
+        proc.wait()
+
+
+def ended(proc: psutil.Process) -> bool:
+    try:
+        proc.wait(timeout=5)
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+@needs_root
+def test_marked_process_outside_record_and_group_is_ended(tmp_path: Path, spawn: Spawner) -> None:
+    store = tmp_path / "stores" / "dev"
+    record = tmp_path / "dev.json"
+    spawn.dead_server(record, None)  # a record of the old format: uid, group, server only
+    runner = spawn({"OLLAMA_MODELS": str(store), "HOME": "/nonexistent"})
+    unmarked = spawn({"OLLAMA_MODELS": str(tmp_path / "stores" / "other")})
+    ours = subprocess.Popen([SLEEP, "60"], env={"OLLAMA_MODELS": str(store)},
+                            start_new_session=True)  # marked, but another uid (root)
+    daemon_start = max(runner.create_time(), unmarked.create_time()) + 1
+
+    try:
+        killed = end_leftovers("dev", record, store, started_before=daemon_start)
+    finally:
+        ours.kill()
+        ours.wait()
+
+    assert killed == [runner.pid]
+    assert ended(runner)
+    assert unmarked.is_running() and unmarked.status() != psutil.STATUS_ZOMBIE
+    assert not record.exists()
+
+
+@needs_root
+def test_marked_process_started_after_the_daemon_is_left_alone(tmp_path: Path,
+                                                               spawn: Spawner) -> None:
+    store = tmp_path / "stores" / "dev"
+    record = tmp_path / "dev.json"
+    spawn.dead_server(record, None)
+    late = spawn({"OLLAMA_MODELS": str(store)})
+    daemon_start = late.create_time() - 1  # the daemon was already running when it started
+
+    killed = end_leftovers("dev", record, store, started_before=daemon_start)
+
+    assert killed == []
+    assert late.is_running() and late.status() != psutil.STATUS_ZOMBIE
+
+
+@needs_root
+def test_marker_saved_in_the_record_is_enough(tmp_path: Path, spawn: Spawner) -> None:
+    """The store may have moved in the new config: the record's own marker still finds them."""
+    store = tmp_path / "stores" / "dev"
+    record = tmp_path / "dev.json"
+    spawn.dead_server(record, store)
+    assert json.loads(record.read_text())["marker"] == f"OLLAMA_MODELS={store}"
+    runner = spawn({"OLLAMA_MODELS": str(store)})
+
+    killed = end_leftovers("dev", record, tmp_path / "moved",
+                           started_before=runner.create_time() + 1)
+
+    assert killed == [runner.pid]
+    assert ended(runner)
+
+
+def test_no_record_means_no_search_by_marker(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    proc = subprocess.Popen([SLEEP, "60"], env={"OLLAMA_MODELS": str(store)},
+                            start_new_session=True)
+    try:
+        killed = end_leftovers("dev", tmp_path / "none.json", store,
+                               started_before=psutil.Process(proc.pid).create_time() + 1)
+        assert killed == []
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()

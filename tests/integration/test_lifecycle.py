@@ -7,6 +7,7 @@ tenant's ``env``; the daemon passes them through like any other tenant environme
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pwd
 import signal
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.integration.harness import (
@@ -104,34 +106,63 @@ def test_stop_leaves_no_grandchild(deployment: Deployment, knob: str) -> None:
 
 
 def test_sigkilled_daemon_leaves_nothing_running_twice(deployment: Deployment) -> None:
-    """Cases C2 and C3: servers die with the daemon; the next daemon ends the runners first."""
+    """Cases C2 and C3: servers die with the daemon; the next daemon ends the runners first.
+
+    dev's two runners call setsid and ignore SIGTERM, and the daemon is killed as soon as they
+    run, before any probe period: they are neither in the record nor in its process group (the
+    tester's repro). Their uid, their start before the new daemon and the store in their
+    environment must still mark them. qa's runner stays in the recorded group.
+    """
     lock = tenant_writable(deployment, "dev", "gpu.lock")
     os.chmod(lock, 0o666)
-    only(deployment, "dev", "qa", JANUS_EMU_RUNNERS_AT_START=1)
-    deployment.config["tenants"]["dev"]["env"]["JANUS_EMU_RUNNER_LOCK"] = str(lock)
+    only(deployment, "dev", "qa", JANUS_EMU_RUNNERS_AT_START=1, probe_period_s=30)
+    dev_env = deployment.config["tenants"]["dev"]["env"]
+    dev_env.update(JANUS_EMU_RUNNERS_AT_START="2", JANUS_EMU_RUNNER_SETSID="1",
+                   JANUS_EMU_RUNNER_IGNORE_SIGTERM="1", JANUS_EMU_RUNNER_LOCK=str(lock))
+    dev_user = deployment.users["dev"]
     deployment.start()
     deployment.wait_ready(("dev", "qa"))
     old = {r: deployment.pid_of(r) for r in ("dev", "qa")}
+    wait_status(deployment, "dev", lambda s: len(user_processes(dev_user)) == 3)
+    runners = [psutil.Process(p) for p in user_processes(dev_user) if p != old["dev"]]
     assert not lock_is_free(lock)
 
     deployment.proc.kill()  # type: ignore[union-attr]
     deployment.proc.wait()  # type: ignore[union-attr]
+    record_path = Path(deployment.config["state_dir"]) / "run" / "dev.json"
+    record = json.loads(record_path.read_text())
+    assert [pid for pid, _ in record["known"]] == [old["dev"]], "runners recorded: no C2 gap"
     for _ in deadline_loop(10):
         if not any(os.path.exists(f"/proc/{p}") and Path(f"/proc/{p}/stat").read_text()
                    .split(") ")[1][0] not in "ZX" for p in old.values()):
             break
-    assert not lock_is_free(lock), "the runner should still hold the lock (C3 setup)"
-    del deployment.config["tenants"]["dev"]["env"]["JANUS_EMU_RUNNER_LOCK"]
+    assert all(r.is_running() for r in runners), "the runners should outlive the daemon"
+    assert not lock_is_free(lock), "the runners should still hold the lock (C3 setup)"
+    del dev_env["JANUS_EMU_RUNNER_LOCK"]  # the new runners must not hold it: it shows the old
     deployment.start()
     deployment.wait_ready(("dev", "qa"))
 
     assert lock_is_free(lock)
-    assert "left by a previous daemon" in deployment.log_text()
+    assert not any(r.is_running() for r in runners)
+    log_text = deployment.log_text()  # the new daemon's log only
+    spawned = log_text.index("tenant dev: started server pid")
+    for runner in runners:
+        assert -1 < log_text.find(f"tenant dev: ending pid {runner.pid} ") < spawned
+    assert "tenant qa: ending pid" in log_text
     for role in ("dev", "qa"):
         assert deployment.pid_of(role) != old[role]
         servers = [p for p in user_processes(deployment.users[role])
                    if "runner" not in Path(f"/proc/{p}/cmdline").read_text()]
         assert servers == [deployment.pid_of(role)]
+    wait_status(deployment, "dev", lambda s: len(user_processes(dev_user)) == 3)
+    # One early look after ready records the new runners long before the 30 s probe period.
+    wait_status(deployment, "dev", lambda s: len(json.loads(record_path.read_text())["known"])
+                == 3, timeout_s=5)
+
+    assert deployment.stop() == 0
+
+    assert user_processes(dev_user) == []
+    assert user_processes(deployment.users["qa"]) == []
 
 
 def test_sigterm_to_daemon_releases_runner_lock(deployment: Deployment) -> None:

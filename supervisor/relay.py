@@ -20,6 +20,10 @@ restricts models are buffered and rewritten. Requests on one connection are forw
 time: the next goes upstream when the previous response is complete, as Ollama would serve them
 anyway. That keeps refusals in order and makes ``requests_in_flight`` exact.
 
+Clients are bounded: a request head (target and headers) over ``MAX_HEAD_BYTES`` (64 KiB) gets
+431, one not complete ``HEAD_TIMEOUT_S`` (10 s) after its first byte gets 408, and a connection
+idle for ``IDLE_TIMEOUT_S`` (300 s) is closed (``relay_timers``).
+
 This module accepts connections and sets each one up (readiness, backend connection); the data
 path itself runs on asyncio transport callbacks in ``relay_connection``.
 """
@@ -34,6 +38,7 @@ from typing import Protocol
 
 import anyio
 
+from supervisor import relay_timers
 from supervisor.policy import TenantPolicy
 from supervisor.relay_connection import Connection
 from supervisor.relay_http import RequestReader, error_response
@@ -43,7 +48,6 @@ from supervisor.sockets import peer_credentials
 log = logging.getLogger(__name__)
 
 _READ = 65536
-_HEAD_TIMEOUT_S = 10.0
 
 
 class ReadinessGate(Protocol):
@@ -134,7 +138,7 @@ class Relay:
     ) -> None:
         """Read the request head (briefly) so the client sees the answer, then send 503."""
         loop = asyncio.get_running_loop()
-        with anyio.move_on_after(_HEAD_TIMEOUT_S):
+        with anyio.move_on_after(relay_timers.HEAD_TIMEOUT_S):
             while not reader.head_seen:
                 try:
                     data = await loop.sock_recv(client, _READ)

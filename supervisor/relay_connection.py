@@ -9,7 +9,8 @@ Flow control: when one side's write buffer passes its high-water mark, the other
 read until it drains, so a large upload or download moves through a bounded buffer. Requests
 are handled as they are parsed; a request head that arrives while the previous response is
 still coming is held, with the rest of what the client sent, and the client is not read until
-that response is complete.
+that response is complete. Request heads are bounded in size and in time, and idle connections
+closed (``relay_http.MAX_HEAD_BYTES``, ``relay_timers``).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import asyncio
 import enum
 import logging
 import socket
+from time import monotonic
 from typing import cast
 
 import anyio
 
+from supervisor import relay_timers
 from supervisor.metrics import POLICY_REFUSALS
 from supervisor.policy import Plan, Refusal, Rule, TenantPolicy
 from supervisor.relay_backend import HELD, STARTING, BackendSide
@@ -31,12 +34,14 @@ from supervisor.relay_http import (
     Event,
     Exchange,
     Head,
+    HeadTooLarge,
     ListingExchange,
     ListingTooLarge,
     RequestReader,
     error_response,
 )
 from supervisor.relay_state import OPEN_PLAN, RelayState
+from supervisor.relay_timers import Deadlines
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,7 @@ class Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._exchange: Exchange | None = None
+        self._deadlines = Deadlines(self)
         self.lingering = False  # the client gets no more answers; its leftovers are dropped
 
     # -- setting up and tearing down ------------------------------------------------------------
@@ -103,6 +109,7 @@ class Connection(asyncio.Protocol):
             else:
                 self.release_client(STARTING)
                 self._backend.resume_reading()
+                self._deadlines.start()
             await self._wait_lost()
         finally:
             self._abort()
@@ -141,8 +148,12 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             return
+        reader, deadlines = self._reader, self._deadlines
+        deadlines.active_at = monotonic()
         try:
-            self._events, self._error = self._reader.feed(data)
+            self._events, self._error = reader.feed(data)
+            if reader.receiving is not deadlines.head:
+                deadlines.receiving(reader.receiving)
             self._next = 0
             self._run_events()
         except _Close:
@@ -160,6 +171,7 @@ class Connection(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._deadlines.stop()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         self._abort()
@@ -211,6 +223,10 @@ class Connection(asyncio.Protocol):
     def _answering(self) -> bool:
         exchange = self._exchange
         return exchange is not None and not exchange.finished
+
+    def busy(self) -> bool:
+        """A request body is being received or a response is outstanding (for the timers)."""
+        return self._mode is not _Mode.IDLE or self._answering()
 
     def _hold(self) -> bool:
         self._flush()
@@ -353,28 +369,45 @@ class Connection(asyncio.Protocol):
         raise _Close  # which aborts the backend connection: the server sees a cut body
 
     def _bad_request(self, error: Exception) -> None:
-        """The client's bytes are not HTTP: answer 400 after what it asked before, and close."""
+        """The client's bytes are not HTTP, or its head is too large: answer 400 (431) after
+        what it asked before, and close."""
         name = self._state.tenant
-        log.warning(
-            "tenant %s: bad request from uid %s (%s); closing the connection",
-            name,
-            self._peer_uid,
-            error,
-            extra={"tenant": name, "peer_uid": self._peer_uid},
-        )
+        too_large = isinstance(error, HeadTooLarge)
+        status, what = (431, "request head too large") if too_large else (400, "bad request")
+        self._warn(f"{what} from uid %s (%s); closing the connection", error)
         exchange = self._exchange
         if self._mode is not _Mode.IDLE and exchange is not None and not exchange.finished:
             # The broken request is half sent: its answer will never be whole.
             exchange.abandoned = True
             if exchange.responded:
                 raise _Close
-        self._client.write(error_response(400, f"tenant {name}: bad request: {error}"))
+        self._client.write(error_response(status, f"tenant {name}: {what}: {error}"))
         raise _Close
+
+    def _warn(self, text: str, *args: object) -> None:
+        name = self._state.tenant
+        extra = {"tenant": name, "peer_uid": self._peer_uid}
+        log.warning(f"tenant %s: {text}", name, self._peer_uid, *args, extra=extra)
+
+    def head_timed_out(self) -> None:
+        """A request head did not arrive in time: answer 408 and close."""
+        limit = relay_timers.HEAD_TIMEOUT_S
+        self._warn(f"request head from uid %s not complete within {limit:g} s; closing")
+        text = f"tenant {self._state.tenant}: the request head did not arrive within {limit:g} s"
+        self._client.write(error_response(408, text))
+        self._linger()
+
+    def idle_timed_out(self) -> None:
+        """Nothing in progress and nothing received for a while: close, as servers do."""
+        log.debug("tenant %s: closing an idle connection", self._state.tenant)
+        self._deadlines.stop()
+        self.backend_ended()
 
     def _linger(self) -> None:
         """Drop the backend connection, half-close the client's, and read and drop what it
         still sends for a while, so that it reads our answer, not a reset for unread data."""
         self.lingering = True
+        self._deadlines.stop()
         self._events = _NO_EVENTS
         self._abort_backend()
         client = self._client
@@ -457,3 +490,4 @@ class Connection(asyncio.Protocol):
         if exchange is not None and not exchange.finished:
             exchange.finished = True
             self._state.in_flight -= 1
+            self._deadlines.active_at = monotonic()

@@ -17,6 +17,7 @@ import httptools
 from supervisor.policy import Listing, TenantPolicy
 
 LISTING_LIMIT = 64 << 20  # a model list larger than this is not filtered but refused (502)
+MAX_HEAD_BYTES = 64 << 10  # a request's target and headers larger than this get 431
 
 
 def error_response(
@@ -125,25 +126,49 @@ END = None  # event: the current request's message is complete
 Event = Head | bytes | None
 
 
+class HeadTooLarge(Exception):
+    """A request head past ``MAX_HEAD_BYTES``: it is not parsed further (431)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes; "
+            "send fewer or shorter headers"
+        )
+
+
 class RequestReader:
-    """Turns the client's byte stream into events: a ``Head``, body bytes, ``END``."""
+    """Turns the client's byte stream into events: a ``Head``, body bytes, ``END``.
+
+    A head is bounded: the bytes of its target and headers are counted as the callbacks deliver
+    them, and the bytes of each read that finds a head still incomplete, since ``httptools``
+    keeps a header that is not complete yet out of sight; past ``MAX_HEAD_BYTES``, parsing stops
+    with ``HeadTooLarge``.
+    """
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self.events: list[Event] = []
         self.head_seen = False
+        self.receiving: Head | None = None  # the head being received, until it is complete
         self._head = Head()
+        self._size = 0  # bytes of its target and headers delivered so far
+        self._read = 0  # bytes known to belong to it when it spans reads
 
     def on_message_begin(self) -> None:
-        self._head = Head()
+        self._head = self.receiving = Head()
+        self._size = 0
 
     def on_url(self, url: bytes) -> None:
+        self._size += len(url)
         self._head.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._size += len(name) + len(value)
         self._head.add_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._size > MAX_HEAD_BYTES:
+            raise HeadTooLarge
         parser, head = self.parser, self._head
         method = parser.get_method()
         head.method = _METHODS.get(method) or method.decode("latin-1")
@@ -152,6 +177,7 @@ class RequestReader:
         head.keep_alive = parser.should_keep_alive()
         self.events.append(head)
         self.head_seen = True
+        self.receiving = None
 
     def on_body(self, body: bytes) -> None:
         self.events.append(body)
@@ -162,12 +188,25 @@ class RequestReader:
     def feed(self, data: bytes) -> tuple[list[Event], Exception | None]:
         """Events parsed from ``data``, and the parse error that stopped it, if any."""
         error: Exception | None = None
+        before = self.receiving
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            # httptools raises its own error; the callback's is its __context__.
+            error = exc.__context__ if isinstance(exc.__context__, HeadTooLarge) else exc
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             error = exc
+        if self.receiving is not None and error is None:
+            error = self._still_receiving(self.receiving is before, len(data))
         events, self.events = self.events, []
         return events, error
+
+    def _still_receiving(self, carried: bool, size: int) -> HeadTooLarge | None:
+        """A read ended within a head: count what it holds so far (without over-counting)."""
+        # A head that began in this read holds at least what the callbacks delivered; one that
+        # began earlier holds all of this read too.
+        self._read = self._read + size if carried else self._size
+        return HeadTooLarge() if max(self._read, self._size) > MAX_HEAD_BYTES else None
 
 
 # ---- responses ----------------------------------------------------------------------------

@@ -790,3 +790,173 @@ async def test_stopping_the_relay_closes_its_open_connections(tmp_path: Path) ->
     assert first.startswith(b"HTTP/1.1 200")
     assert rest == b""
     assert relay.requests_in_flight() == 0
+
+
+# ---- bounds on request heads and idle connections -----------------------------------------
+
+
+async def recv_all(sock: socket.socket) -> bytes:
+    """Read until the peer closes (or resets)."""
+    data = b""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            chunk = await loop.sock_recv(sock, 65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+async def send_endless(sock: socket.socket, block: bytes, sent: list[int], pause: float) -> None:
+    """Send ``block`` again and again (``pause`` apart) until the peer stops taking it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await loop.sock_sendall(sock, block)
+        except OSError:
+            return
+        sent[0] += len(block)
+        if pause:
+            await anyio.sleep(pause)
+
+
+ENDLESS_HEAD = b"GET /api/tags HTTP/1.1\r\nHost: x\r\nX: "
+
+
+async def test_oversized_head_gets_431_and_the_relay_serves_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, qa_policy())
+    sent = [0]
+    async with relay_running(backend, relay, sock):
+        client = await unix_client(path)
+        await asyncio.get_running_loop().sock_sendall(client, ENDLESS_HEAD)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_endless, client, b"a" * 4096, sent, 0)
+                answer = await recv_all(client)
+                sent_by_answer = sent[0]
+                tg.cancel_scope.cancel()
+        async with uds_client(path) as http:
+            after = await http.get("/api/version")
+
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert b"Connection: close\r\n" in answer
+    assert body_of(answer) == {
+        "error": "tenant dev: request head too large: the request line and headers are larger "
+        "than 65536 bytes; send fewer or shorter headers"
+    }
+    # Refused after a bounded amount (the socket buffers on the way hold some more).
+    assert sent_by_answer < 4 << 20
+    assert after.status_code == 200
+    assert [r.url for r in backend.requests] == [b"/api/version"]
+    assert f"tenant dev: request head too large from uid {os.getuid()}" in caplog.text
+
+
+async def test_oversized_head_in_one_piece_is_refused_after_earlier_requests(
+    tmp_path: Path,
+) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, None)
+    first = b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n"
+    huge = b"GET /api/tags HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: %s\r\n" % (b"p" * 70_000) + b"\r\n"
+    async with relay_running(backend, relay, sock):
+        client = await unix_client(path)
+        await asyncio.get_running_loop().sock_sendall(client, first + huge)
+        with anyio.fail_after(10):
+            data = await recv_all(client)
+
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", data) == [b"200", b"431"]
+    assert [r.url for r in backend.requests] == [b"/api/version"]
+    assert relay.requests_in_flight() == 0
+
+
+async def test_head_just_under_the_limit_is_relayed(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, None)
+    pads = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(60))
+    raw = b"GET /api/version HTTP/1.1\r\nHost: x\r\n" + pads + b"\r\n"
+    async with relay_running(backend, relay, sock):
+        client = await unix_client(path)
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(raw), 1000):  # in pieces, so that the head spans reads
+            await loop.sock_sendall(client, raw[i : i + 1000])
+        with anyio.fail_after(10):
+            answer = await loop.sock_recv(client, 65536)
+
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert len(backend.requests[0].headers) == 61
+
+
+@pytest.fixture
+def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("supervisor.relay_timers.HEAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr("supervisor.relay_timers.IDLE_TIMEOUT_S", 0.3)
+
+
+@pytest.mark.usefixtures("short_timeouts")
+async def test_head_sent_byte_by_byte_gets_408(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, None)
+    async with relay_running(backend, relay, sock):
+        client = await unix_client(path)
+        await asyncio.get_running_loop().sock_sendall(client, ENDLESS_HEAD)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_endless, client, b"a", [0], 0.02)
+                answer = await recv_all(client)
+                tg.cancel_scope.cancel()
+
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert body_of(answer) == {"error": "tenant dev: the request head did not arrive within 0.3 s"}
+    assert backend.requests == []
+
+
+@pytest.mark.usefixtures("short_timeouts")
+async def test_idle_connections_are_closed_quietly(tmp_path: Path) -> None:
+    backend, path, sock, relay = await run_policy_relay(tmp_path, None)
+    async with relay_running(backend, relay, sock):
+        silent = await unix_client(path)
+        used = await unix_client(path)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(used, b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        with anyio.fail_after(10):
+            assert await recv_all(silent) == b""
+            answer = await recv_all(used)
+
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert answer.endswith(b"}")  # the response, then the close: no error answer
+
+
+@pytest.mark.usefixtures("short_timeouts")
+async def test_slow_streaming_response_and_slow_upload_are_not_cut(tmp_path: Path) -> None:
+    pieces = 12  # 0.1 s apart: four times the (short) timeouts
+
+    async def stream_slowly(conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        await read_head(conn)
+        await loop.sock_sendall(conn, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(pieces):
+            await anyio.sleep(0.1)
+            await loop.sock_sendall(conn, b"1\r\nx\r\n")
+        await loop.sock_sendall(conn, b"0\r\n\r\n")
+        await loop.sock_recv(conn, 1)  # until the relay closes
+
+    backend, path, sock, relay = raw_relay(tmp_path, stream_slowly)
+    async with relay_running(backend, relay, sock):
+        client = await unix_client(path)
+        await asyncio.get_running_loop().sock_sendall(client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with anyio.fail_after(10):
+            streamed = await recv_all(client)  # the whole response, then the idle close
+    assert streamed.endswith(b"1\r\nx\r\n" * pieces + b"0\r\n\r\n")
+
+    echo, path, sock, relay = await run_relay(tmp_path, Gate(ready=True))
+    upload = b"POST /api/blobs/x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % pieces
+    async with relay_running(echo, relay, sock), await anyio.connect_unix(str(path)) as stream:
+        await stream.send(upload)
+        for _ in range(pieces):
+            await anyio.sleep(0.1)
+            await stream.send(b"u")
+        with anyio.fail_after(10):
+            uploaded = await stream.receive()
+    assert uploaded.startswith(b"HTTP/1.1 200")
+    assert body_of(uploaded)["body_len"] == pieces

@@ -32,6 +32,7 @@ from supervisor.ctl_client import PROG, READ_TIMEOUT_S, ControlClient, CtlError
 
 ACTION_TIMEOUT_S = 300.0
 MAX_WAIT_PER_REQUEST_S = 300.0  # the daemon caps ?wait= at this
+RECONNECT_S = 0.1  # ready --wait: how often to look for a daemon that is not up yet
 
 EPILOG = f"""\b
 Examples:
@@ -203,7 +204,14 @@ def ready(ctx: click.Context, tenant: str, wait: bool, timeout_s: float, as_json
         remaining = max(0.0, deadline - time.monotonic())
         wait_s = min(remaining, MAX_WAIT_PER_REQUEST_S)
         target = tenant_path(tenant, "/ready") + (f"?wait={wait_s:.3f}" if wait_s > 0 else "")
-        doc = client.call("GET", target, timeout_s=wait_s + READ_TIMEOUT_S).body
+        try:
+            doc = client.call("GET", target, timeout_s=wait_s + READ_TIMEOUT_S).body
+        except CtlError as exc:
+            # A daemon that is starting or restarting has no control socket yet: wait for it.
+            if exc.exit_code != ec.UNREACHABLE or remaining <= 0:
+                raise
+            time.sleep(min(RECONNECT_S, remaining))
+            continue
         # Ask again only when the daemon's cap cut the wait short; an early not-ready answer
         # (a failed tenant, say) is final.
         if doc.get("ready") or remaining <= MAX_WAIT_PER_REQUEST_S:

@@ -364,6 +364,37 @@ async def test_ready_wait_exits_not_ready_at_the_timeout(serve: Serve, api: Fake
     assert json.loads(run.out)["state"] == "starting"
 
 
+
+async def test_ready_wait_waits_for_a_daemon_that_is_not_up_yet(
+    tmp_path: Path, serve: Serve, api: FakeAPI
+) -> None:
+    path = tmp_path / "control.sock"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "supervisor.cli", "--socket", str(path),
+        "ready", "qa", "--wait", "--timeout", "30",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(20):
+        # The CLI found no socket and sleeps before it looks again (clock_nanosleep, 230).
+        while not Path(f"/proc/{process.pid}/syscall").read_text().startswith("230 "):
+            await asyncio.sleep(0.01)
+        await serve(api)
+        await api.waiting.wait()
+        api.set_ready("qa")
+        out, err = await process.communicate()
+
+    assert process.returncode == 0, err
+    assert out.decode().startswith("qa: ready")
+
+
+async def test_ready_wait_gives_up_on_a_missing_daemon_at_the_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+
+    run = await ctl(path, "ready", "qa", "--wait", "--timeout", "0.3")
+
+    assert run.code == 3
+    assert "no such file" in one_line(run.err)
+
 # -- actions ---------------------------------------------------------------------------------
 
 

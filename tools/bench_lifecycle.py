@@ -5,9 +5,10 @@ Run as root from the repository (it creates N throwaway users and removes them):
 
     .venv/bin/python tools/bench_lifecycle.py --tenants 32 --startup-delay 0.5
 
-Prints: cold start until every tenant answers through its socket, daemon CPU over an idle
-period (liveness every 10 s), kill -9 of a server → new pid and → answering again (median and
-range over several tenants), and SIGTERM → every tenant process gone.
+Prints: cold start until every tenant answers through its socket and the CPU the daemon and
+the tenants' processes used until then, daemon CPU over an idle period (liveness every 10 s),
+kill -9 of a server → new pid and → answering again (median and range over several tenants),
+and SIGTERM → every tenant process gone.
 """
 
 from __future__ import annotations
@@ -120,6 +121,27 @@ def kill_trial(uid: int, sock_path: str,
     return new_pid, time.monotonic() - began
 
 
+def cold_start_cpu(daemon_pid: int, uids: list[int]) -> str:
+    """Where the CPU of a cold start went: the daemon, and every process of the tenant users.
+
+    A tenant's process is the launcher that exec'd into the server, so its CPU covers both.
+    Read right after every tenant answered; on a machine whose cores were busy all along,
+    (daemon + tenants) / cores is a floor for the cold start before the startup delay.
+    """
+    daemon_s = sum(psutil.Process(daemon_pid).cpu_times()[:2])
+    tenant_s = 0.0
+    for uid in uids:
+        for pid in uid_pids(uid):
+            try:
+                tenant_s += sum(psutil.Process(pid).cpu_times()[:2])
+            except psutil.Error:
+                pass
+    cores = os.cpu_count() or 1
+    return (f"CPU until all answering: daemon {daemon_s:.2f} s, tenant processes "
+            f"{tenant_s:.2f} s ({tenant_s / len(uids) * 1000:.0f} ms each, launcher and "
+            f"server); on {cores} cores at least {(daemon_s + tenant_s) / cores:.2f} s of work")
+
+
 def summary(values: list[float]) -> str:
     if not values:
         return "not measured (--kills 0)"
@@ -149,6 +171,7 @@ def run(args: argparse.Namespace) -> None:
         cold = wait_all(sockets)
         print(f"cold start, daemon exec to all {args.tenants} answering: "
               f"{time.monotonic() - began:.3f} s (sockets bound to all answering {cold:.3f} s)")
+        print(cold_start_cpu(daemon.pid, [_uid(u) for u in users]))
 
         proc = psutil.Process(daemon.pid)
         cpu0 = sum(proc.cpu_times()[:2])

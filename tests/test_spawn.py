@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 import pwd
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,13 +14,14 @@ import anyio
 import pytest
 
 from supervisor.errors import SpawnError
+from supervisor.launch import SPEC_VAR
 from supervisor.privileges import (
     Launch,
     build_environment,
     current_identity,
     resolve_identity,
 )
-from supervisor.spawn import group_members, spawn_server
+from supervisor.spawn import LAUNCHER, group_members, spawn_server
 
 # The leader exits at once on SIGTERM; its child ignores SIGTERM (case C4).
 LEADER_QUITS_CHILD_STAYS = """
@@ -144,3 +148,43 @@ async def test_exit_is_seen_while_a_grandchild_holds_the_output_pipe(tmp_path: P
     assert info.code == 3
     assert result.killed  # the grandchild in the group had to be killed
     assert group_members(server.pgid) == []
+
+
+# Lists the descriptors above the standard streams that the exec'd program holds.
+LIST_FDS = """
+import os
+for fd in range(3, 1024):
+    try:
+        os.fstat(fd)
+    except OSError:
+        continue
+    print(fd)
+"""
+
+
+def test_launcher_closes_what_its_spawner_left_open(tmp_path: Path) -> None:
+    """An event loop may leave a descriptor inheritable (uvloop's /dev/null for stdin); the
+    launcher closes everything above the standard streams before the server's exec."""
+    leaked = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    report_r, report_w = os.pipe()
+    spec = Launch(current_identity(), nofile=1024).spec(
+        [sys.executable, "-S", "-I", "-c", LIST_FDS], {}, [], report_w
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-S", "-I", str(LAUNCHER)],
+            env={SPEC_VAR: marshal.dumps(spec).hex()},
+            pass_fds=(leaked, report_w),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        os.close(report_w)
+        report = os.read(report_r, 4096)
+    finally:
+        os.close(leaked)
+        os.close(report_r)
+
+    assert (done.returncode, report, done.stderr) == (0, b"", "")
+    assert done.stdout.split() == []

@@ -38,8 +38,10 @@ Fault knobs (environment; seconds count from process start)
                                     500 with ``stream: false``; no manifest is written
     ``JANUS_EMU_RUNNERS_AT_START=N`` start N runners (``janus-emu-runner-K:latest`` in
                                     ``/api/ps``) right after "Listening on"
-    ``JANUS_EMU_RUNNER_IGNORE_SIGTERM=1`` runners ignore SIGTERM
-    ``JANUS_EMU_RUNNER_SETSID=1``   runners call setsid() (leave the server's group/session)
+    ``JANUS_EMU_RUNNER_IGNORE_SIGTERM=1`` runners ignore SIGTERM (``#K,#L``: only the
+                                    runners started K-th and L-th, from 0)
+    ``JANUS_EMU_RUNNER_SETSID=1``   runners call setsid() (leave the server's group/session;
+                                    ``#K,#L`` as above)
     ``JANUS_EMU_RUNNER_LOCK=PATH``  each runner holds a shared flock on PATH for its life,
                                     standing in for GPU memory; it is free when LOCK_EX works
     ``JANUS_EMU_DUMP=PATH``         at startup write JSON with env, pid, pgid, sid, uid, euid,

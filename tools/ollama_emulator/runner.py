@@ -5,7 +5,8 @@ server only waits for it to accept connections). Knobs for fault tests:
 ``JANUS_EMU_RUNNER_SETSID=1`` (leave the server's session and process group),
 ``JANUS_EMU_RUNNER_IGNORE_SIGTERM=1``, ``JANUS_EMU_RUNNER_LOCK=/path`` (hold a shared
 ``flock`` on that file for life, standing in for GPU memory: the GPU is "free" once an
-exclusive lock can be taken).
+exclusive lock can be taken). The first two apply to every runner, or, given as ``#K`` or
+``#K,#L``, only to the runners the server started K-th and L-th (from 0).
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ def run_runner(argv: list[str]) -> int:
         return 1
     # Runners of real ollama die of SIGPIPE when the server's stderr pipe is gone.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if env_bool("JANUS_EMU_RUNNER_SETSID"):
+    if _applies("JANUS_EMU_RUNNER_SETSID"):
         os.setsid()
-    if env_bool("JANUS_EMU_RUNNER_IGNORE_SIGTERM"):
+    if _applies("JANUS_EMU_RUNNER_IGNORE_SIGTERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     lock_path = env_var("JANUS_EMU_RUNNER_LOCK")
     lock_fd = _hold_lock(lock_path) if lock_path else None
@@ -67,6 +68,15 @@ def run_runner(argv: list[str]) -> int:
     _serve_health(listener)
     del lock_fd
     return 0
+
+
+def _applies(knob: str) -> bool:
+    """Whether a runner fault knob is on for this runner (all, or ``#K,…`` by ordinal)."""
+    value = env_var(knob)
+    if value.startswith("#"):
+        wanted = {part.strip().lstrip("#") for part in value.split(",")}
+        return env_var("JANUS_EMU_RUNNER_ORDINAL") in wanted
+    return env_bool(knob)
 
 
 def _hold_lock(path: str) -> int:

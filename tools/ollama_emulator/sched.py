@@ -9,6 +9,7 @@ SIGKILL and reaped.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from .api import ApiError
 from .envconfig import FOREVER_NS
 from .gofmt import go_time
 from .slogtext import slog
+
+RUNNER_ORDINAL = "JANUS_EMU_RUNNER_ORDINAL"  # set by the server for each runner it starts
 
 _LOAD_TIMEOUT_S = 30.0
 
@@ -48,6 +51,7 @@ class Scheduler:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._closed = False
+        self._started = 0  # runners started so far: the next one's ordinal (fault knobs)
         threading.Thread(target=self._expire_loop, name="sched-expire", daemon=True).start()
 
     def acquire(self, key: str, name: str, model_path: str, info: dict[str, Any]) -> Runner:
@@ -106,8 +110,12 @@ class Scheduler:
         argv = [*self._argv, "runner", "--model", model_path, "--port", str(port)]
         slog("INFO", "server.go:438", "starting llama server", cmd=" ".join(argv))
         begin = time.monotonic()
-        # The runner's stdout and stderr both end up on the server's stderr.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
+        # The runner's stdout and stderr both end up on the server's stderr. Its ordinal lets
+        # the runner fault knobs pick some runners only.
+        env = {**os.environ, RUNNER_ORDINAL: str(self._started)}
+        self._started += 1
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
+                                env=env)
         runner = Runner(key, name, proc, port, info)
         _wait_until_listening(runner)
         slog(

@@ -6,6 +6,7 @@ tenant's ``env``; the daemon passes them through like any other tenant environme
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -14,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,28 +83,85 @@ def port_free(backend: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("knob", ["JANUS_EMU_RUNNER_SETSID", "JANUS_EMU_RUNNER_IGNORE_SIGTERM"])
-def test_stop_leaves_no_grandchild(deployment: Deployment, knob: str) -> None:
+@pytest.mark.parametrize("runners", [
+    {"JANUS_EMU_RUNNER_SETSID": "1"},
+    {"JANUS_EMU_RUNNER_IGNORE_SIGTERM": "1"},
+    # C1 as reported: one runner stays in the group and ignores TERM, the other calls setsid.
+    {"JANUS_EMU_RUNNER_IGNORE_SIGTERM": "#0", "JANUS_EMU_RUNNER_SETSID": "#1"},
+], ids=["setsid", "ignore-term", "one-of-each"])
+def test_stop_leaves_no_grandchild(deployment: Deployment, runners: dict[str, str]) -> None:
     """Cases C1 and C4: the leader quits at once, runners escape the group or ignore TERM."""
     # Host network, so that "the backend port is free again" can be checked from here.
     only(deployment, "dev", JANUS_EMU_EXIT_FAST=1, JANUS_EMU_RUNNERS_AT_START=2, stop_timeout_s=2,
-         network="host", **{knob: 1})
+         network="host", **runners)
     deployment.start()
     deployment.wait_ready(("dev",))
     backend = deployment.status("dev")["backend"]
     wait_status(deployment, "dev", lambda s: len(user_processes(deployment.users["dev"])) == 3)
+    server = deployment.pid_of("dev")
+    kinds = sorted(runner_kind(pid, server) for pid in user_processes(deployment.users["dev"])
+                   if pid != server)
 
     began = time.monotonic()
-    result = deployment.ctl("stop", "dev")
+    with watch_states(deployment, "dev") as seen:
+        result = deployment.ctl("stop", "dev")
     took = time.monotonic() - began
 
     assert result.returncode == 0, result.stderr
     assert deployment.status("dev")["state"] == "stopped"
     assert user_processes(deployment.users["dev"]) == []
+    # C4: stopping until the group is empty, and stopped only then.
+    assert "stopping" in {state for state, _ in seen}
+    assert all(left == 0 for state, left in seen if state == "stopped"), seen
     assert port_free(backend)
     assert deployment.status("dev")["last_exit"]["killed_after_timeout"] is True
     assert took >= 2.0
     assert "killed after stop timeout" in deployment.log_text()
+    assert kinds == EXPECTED_RUNNERS[frozenset(runners.items())]
+
+
+# What the runners of each variant above are: (left the server's session, ignores SIGTERM).
+EXPECTED_RUNNERS = {
+    frozenset({("JANUS_EMU_RUNNER_SETSID", "1")}): [(True, False)] * 2,
+    frozenset({("JANUS_EMU_RUNNER_IGNORE_SIGTERM", "1")}): [(False, True)] * 2,
+    frozenset({("JANUS_EMU_RUNNER_IGNORE_SIGTERM", "#0"), ("JANUS_EMU_RUNNER_SETSID", "#1")}):
+        [(False, True), (True, False)],
+}
+
+
+@contextlib.contextmanager
+def watch_states(dep: Deployment, role: str) -> Iterator[list[tuple[str, int]]]:
+    """Samples of (state, live processes of the tenant's user), state read first, taken every
+    10 ms in a thread while the block runs."""
+    seen: list[tuple[str, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            state = dep.status(role)["state"]
+            seen.append((state, len(user_processes(dep.users[role]))))
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()
+
+
+def runner_kind(pid: int, server: int) -> tuple[bool, bool]:
+    """Whether ``pid`` left ``server``'s session, and whether it ignores SIGTERM."""
+    ignored = int(proc_status_field(pid, "SigIgn"), 16)
+    return os.getsid(pid) != os.getsid(server), bool(ignored & (1 << (signal.SIGTERM - 1)))
+
+
+def proc_status_field(pid: int, name: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == name:
+            return value.strip()
+    raise KeyError(name)
 
 
 def test_sigkilled_daemon_leaves_nothing_running_twice(deployment: Deployment) -> None:
@@ -200,6 +259,30 @@ def test_crash_loop_backs_off_then_fails(deployment: Deployment) -> None:
     assert status["since"] >= status["last_exit"]["at"]  # when it became failed, after the exit
     assert deployment.ctl("start", "dev").returncode in (0, 4)
     assert deployment.status("dev")["state"] != "failed"
+
+
+def test_backoff_resets_only_after_a_healthy_period(deployment: Deployment) -> None:
+    """Case C9: a crash after ``healthy_reset_s`` of readiness restarts at once and forgets the
+    earlier failures; crashes sooner wait ``backoff_initial_s``, doubling."""
+    only(deployment, "dev", healthy_reset_s=1.0, backoff_initial_s=0.5, backoff_max_s=4,
+         restart_budget=10, restart_window_s=120)
+    deployment.start()
+
+    def delay_after_kill(up_for_s: float) -> float:
+        """kill -9 the server once it has been ready ``up_for_s``; the delay before the next."""
+        status = wait_status(deployment, "dev",
+                             lambda s: s["ready"] and s["uptime_s"] >= up_for_s)
+        os.kill(status["pid"], signal.SIGKILL)
+        after = wait_status(deployment, "dev", lambda s: s["state"] == "backoff"
+                            or s["pid"] not in (None, status["pid"]))
+        if after["state"] != "backoff":
+            return 0.0
+        return round(after["next_start_at"] - after["last_exit"]["at"], 1)
+
+    delays = [delay_after_kill(up) for up in (1.3, 0, 0, 1.3, 0)]
+
+    assert delays == [0.0, 0.5, 1.0, 0.0, 0.5]
+    assert deployment.status("dev")["restarts"] == 5
 
 
 def test_slow_start_stays_starting_and_start_timeout_bounds_it(deployment: Deployment) -> None:

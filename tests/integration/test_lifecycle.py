@@ -243,6 +243,10 @@ def test_crash_loop_backs_off_then_fails(deployment: Deployment) -> None:
     only(deployment, "dev", JANUS_EMU_CRASH_AFTER_S=0.2, backoff_initial_s=0.2, backoff_max_s=0.8,
          restart_budget=4, restart_window_s=120)
     deployment.start()
+    assert deployment.proc is not None
+    daemon = psutil.Process(deployment.proc.pid)
+    wait_status(deployment, "dev", lambda s: s["last_exit"] is not None)
+    cpu_before, began = sum(daemon.cpu_times()[:2]), time.monotonic()
     delays: dict[float, float] = {}
     for _ in deadline_loop(60, 0.01):
         status = deployment.status("dev")
@@ -252,8 +256,15 @@ def test_crash_loop_backs_off_then_fails(deployment: Deployment) -> None:
         if status["state"] == "failed":
             break
 
+    cpu_share = (sum(daemon.cpu_times()[:2]) - cpu_before) / (time.monotonic() - began)
+    own_lines = [line for line in deployment.log_text().splitlines()
+                 if " supervisor." in line and "tenant dev:" in line]
+
     assert list(delays.values()) == [0.2, 0.4, 0.8, 0.8]
     assert status["restarts"] == 4
+    # No busy loop and no flood: a fraction of a core, a few lines of its own per start.
+    assert cpu_share < 0.5, cpu_share
+    assert len(own_lines) <= 10 * 5, own_lines  # 6 a start now: its states, pid and exit
     assert status["last_exit"]["code"] == 1
     assert "restart budget" in status["last_error"]
     assert status["since"] >= status["last_exit"]["at"]  # when it became failed, after the exit

@@ -4,8 +4,8 @@
 Without ``--socket`` it serves the real control server with three static tenants in a thread
 of its own, so only the CLI's start-up, one request and the table are measured:
 
-    /opt/janus-venv/bin/python tools/bench_cli.py            # 20 runs
-    /opt/janus-venv/bin/python tools/bench_cli.py --socket /run/janus-supervisor/control.sock
+    .venv/bin/python tools/bench_cli.py            # 20 runs
+    .venv/bin/python tools/bench_cli.py --socket /run/janus-supervisor/control.sock
 
 Exit status 0 when the median is within ``--budget-ms``, 1 otherwise.
 """

@@ -6,7 +6,7 @@ shared store with one emulator (as an admin would), then imports the model into 
 emulators at once from the shared store, and again from the local GGUF file. Prints wall
 times and the disk used (statvfs free-space delta and ``du`` of the tenant stores).
 
-    /opt/janus-venv/bin/python tools/bench_import.py [--size-mib 1024] [--dir /var/tmp]
+    .venv/bin/python tools/bench_import.py [--size-mib 1024] [--dir /var/tmp]
 
 Goal (issue 5): three tenants from a shared store in under twice the time of one ``cp``, and
 no more than the file's size of extra disk when the store is on the same filesystem.

@@ -78,7 +78,9 @@ def make_config(root: Path, users: list[str], args: argparse.Namespace) -> Path:
             "network": args.network,
             "env": {"JANUS_EMU_STARTUP_DELAY_S": str(args.startup_delay)},
             "probe_period_s": 10,
-            "healthy_reset_s": 20,
+            # The kills come after the idle window: by then every tenant has been ready this
+            # long, so a kill measures a restart after a healthy run, never the backoff.
+            "healthy_reset_s": min(20.0, args.idle),
             "stop_timeout_s": 5,
         }
     config = {
@@ -91,6 +93,11 @@ def make_config(root: Path, users: list[str], args: argparse.Namespace) -> Path:
     path = root / "bench.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def py_spy() -> str:
+    """The py-spy to run: on the PATH, else beside this Python (the ``dev`` extra's venv)."""
+    return shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
 
 
 def wait_all(sockets: list[str], timeout_s: float = 120,
@@ -177,7 +184,7 @@ def run(args: argparse.Namespace) -> None:
         cpu0 = sum(proc.cpu_times()[:2])
         rss = proc.memory_info().rss
         if args.profile:
-            subprocess.run(["py-spy", "record", "-p", str(daemon.pid), "-d", str(int(args.idle)),
+            subprocess.run([py_spy(), "record", "-p", str(daemon.pid), "-d", str(int(args.idle)),
                             "-f", "raw", "-o", args.profile], check=False,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark the tenant relay: small-chat latency and 1 MiB response throughput, policy off/on.
 
-    /opt/janus-venv/bin/python tools/bench_relay.py [--rounds 5] [--requests 3000]
+    .venv/bin/python tools/bench_relay.py [--rounds 5] [--requests 3000]
                                                     [--big 300] [--baseline-ref 567f20b]
 
 Three processes: a tiny backend (httptools, loopback TCP) that answers ``POST /api/chat`` with

@@ -6,7 +6,7 @@ carries the demo's model name but no real weights: no runtime could generate tex
 and stock Ollama cannot run Janus-Pro anyway (upstream issue 8618). It exists so that the
 demo and the tests can import a "model" through ``/api/blobs`` and ``/api/create`` files.
 
-Needs the PyPI ``gguf`` package (and numpy), e.g. ``/opt/janus-venv/bin/python``.
+Needs the PyPI ``gguf`` package (and numpy), e.g. ``.venv/bin/python``.
 
 Usage: make-demo-gguf.py [OUTPUT]   (default: conf/demo/janus-pro-7b-demo.gguf)
 """

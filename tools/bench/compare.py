@@ -4,7 +4,7 @@
 Run as root from the repository (it creates throwaway users and removes them; it installs PyPI
 ``supervisor`` into a venv under /tmp/janus-bench-cache and Debian's nginx when missing):
 
-    /opt/janus-venv/bin/python tools/bench/compare.py            # N = 8 and 32, 3 trials
+    .venv/bin/python tools/bench/compare.py            # N = 8 and 32, 3 trials
 
 Lifecycle: for each N, the same N emulator tenants (same users, startup delay 0.5 s) run under
 janus-supervisord and under supervisord in alternating trials (janus, supervisord, janus, …);
@@ -206,9 +206,10 @@ def main() -> int:
         print(f"compare: UNAVAILABLE: {exc}", file=sys.stderr)
         return 77
 
-    print(f"janus-supervisord vs supervisord: {args.trials} alternating trials per system, "
-          f"emulator startup delay {args.startup_delay:g} s; median (min–max)")
-    print()
+    if results:
+        print(f"janus-supervisord vs supervisord: {args.trials} alternating trials per system, "
+              f"emulator startup delay {args.startup_delay:g} s; median (min–max)")
+        print()
     if results and not args.bare_only:
         print(lifecycle_table(results, args))
         print()

@@ -130,7 +130,8 @@ def janus_trial(users: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """janus-supervisord with ``network: host`` tenants (bench_lifecycle's config)."""
     with scratch_dir("janus-bench-j") as root:
         config = bench_lifecycle.make_config(
-            root, users, argparse.Namespace(network="host", startup_delay=args.startup_delay))
+            root, users, argparse.Namespace(network="host", startup_delay=args.startup_delay,
+                                            idle=args.idle))
         sockets = [str(root / "run" / f"t{i:02d}.sock") for i in range(len(users))]
         log = root / "daemon.log"
         daemon = None

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Top entries of a py-spy ``--format raw`` profile (collapsed stacks), self and inclusive.
 
-    /opt/janus-venv/bin/python tools/bench/pyspy_top.py PROFILE.raw [--top 15]
+    .venv/bin/python tools/bench/pyspy_top.py PROFILE.raw [--top 15]
 
 Self: samples whose innermost frame is the function. Inclusive: samples with the function
 anywhere on the stack (counted once per sample). Idle samples (py-spy's default leaves them

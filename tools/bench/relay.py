@@ -24,6 +24,7 @@ small request (the janus daemon; nginx's worker) is read from /proc around each 
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -36,6 +37,7 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+import bench_lifecycle  # type: ignore[import-not-found]
 import psutil
 import yaml
 from bench_relay import Reader  # type: ignore[import-not-found]
@@ -92,10 +94,15 @@ def _worker(target: Target, request: bytes, start_at: float, duration: float,
         out.close()
 
 
+def warm_up_s(clients: int) -> float:
+    """Seconds from the start of ``load`` to its measured window (connections, warm-up)."""
+    return 0.5 + 0.05 * clients
+
+
 def load(target: Target, request: bytes, clients: int, duration: float) -> dict[str, Any]:
     """Closed-loop load: ``clients`` processes for ``duration`` s; latencies in ns."""
     ctx = mp.get_context("fork")
-    start_at = time.monotonic() + 0.5 + 0.05 * clients
+    start_at = time.monotonic() + warm_up_s(clients)
     pipes, procs = [], []
     for _ in range(clients):
         parent, child = ctx.Pipe(duplex=False)
@@ -267,12 +274,11 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                     spy = None
                     if name == "janus" and rnd == 0 and getattr(args, "relay_profile", None):
                         # py-spy the daemon during the first round's 100-byte load
-                        py_spy = (shutil.which("py-spy")
-                                  or str(Path(sys.executable).with_name("py-spy")))
                         spy = subprocess.Popen(
-                            [py_spy,
+                            [bench_lifecycle.py_spy(),
                              "record", "-p", str(daemon.pid), "-f", "raw", "-o",
-                             args.relay_profile, "-d", str(max(1, int(args.relay_duration)))],
+                             args.relay_profile, "-d",
+                             str(math.ceil(warm_up_s(args.relay_clients) + args.relay_duration))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     cpu0 = _cpu(proxies[name])
                     small = load(targets[name], SMALL, args.relay_clients, args.relay_duration)

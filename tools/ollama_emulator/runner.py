@@ -20,6 +20,7 @@ import sys
 from .envconfig import env_bool, env_var
 from .slogtext import slog
 
+RUNNER_ORDINAL = "JANUS_EMU_RUNNER_ORDINAL"  # set by the server for each runner it starts
 _HEALTH = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n"
     b'Connection: close\r\n\r\n{"status":"ok"}'
@@ -75,7 +76,7 @@ def _applies(knob: str) -> bool:
     value = env_var(knob)
     if value.startswith("#"):
         wanted = {part.strip().lstrip("#") for part in value.split(",")}
-        return env_var("JANUS_EMU_RUNNER_ORDINAL") in wanted
+        return env_var(RUNNER_ORDINAL) in wanted
     return env_bool(knob)
 
 

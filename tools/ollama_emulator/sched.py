@@ -21,9 +21,8 @@ from typing import Any
 from .api import ApiError
 from .envconfig import FOREVER_NS
 from .gofmt import go_time
+from .runner import RUNNER_ORDINAL
 from .slogtext import slog
-
-RUNNER_ORDINAL = "JANUS_EMU_RUNNER_ORDINAL"  # set by the server for each runner it starts
 
 _LOAD_TIMEOUT_S = 30.0
 
